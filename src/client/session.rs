@@ -1,0 +1,422 @@
+//! One profile's tunnel: get its channel, attach, serve requests, and
+//! reconnect forever with backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{AUTHORIZATION, HeaderValue, SEC_WEBSOCKET_PROTOCOL, USER_AGENT};
+use rand::Rng;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, trace, warn};
+
+use super::forward::Forwarder;
+use super::output::Event;
+use super::state::{ChannelRecord, StateDir};
+use super::{ClientError, tls};
+use crate::Secret;
+use crate::config::Profile;
+use crate::link::{Ended, Link};
+use crate::protocol::{Multiplexer, PROTOCOL_V1, ResetCode, ServerMessage, Side};
+
+/// The first reconnect waits about this long; each further one doubles it.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+
+/// No reconnect waits longer than this.
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// On shutdown, in-flight deliveries get this long to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most requests in flight on one tunnel at once.
+const MAX_STREAMS: usize = 1024;
+
+/// Longest frame the client accepts from the server, in bytes.
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// A profile's tunnel and everything it needs.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    profile: Arc<Profile>,
+    state: StateDir,
+    http: reqwest::Client,
+    forwarder: Forwarder,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// Why an attempt to attach did not lead to a running tunnel.
+#[derive(Debug)]
+enum AttachError {
+    /// The server refused the channel for good; retrying cannot help.
+    Refused(ClientError),
+    /// Something passing (network, 5xx, channel still held); retry.
+    Retry(String),
+}
+
+/// What an attempt achieved.
+enum Progress {
+    /// A channel to attach to (saved or new).
+    HaveChannel,
+    /// A connection was served until it ended.
+    Served(Served),
+}
+
+/// How a served connection ended.
+enum Served {
+    Ended(Ended),
+    Shutdown,
+}
+
+#[derive(Deserialize)]
+struct NewChannel {
+    channel_id: uuid::Uuid,
+    token: String,
+    webhook_url: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl Tunnel {
+    /// A tunnel for `profile`; nothing happens until [`Tunnel::run`].
+    ///
+    /// # Errors
+    ///
+    /// When the HTTP client for the server cannot be built.
+    pub fn new(
+        profile: Profile,
+        state: StateDir,
+        forwarder: Forwarder,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(profile.insecure)
+            .user_agent(concat!("wow-client/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|error| {
+                ClientError::Runtime(format!("cannot build the HTTP client: {error}"))
+            })?;
+        Ok(Tunnel {
+            profile: Arc::new(profile),
+            state,
+            http,
+            forwarder,
+            events,
+        })
+    }
+
+    /// Runs until `shutdown` (then drains in-flight deliveries) or until the
+    /// server refuses the channel for good.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::ChannelRefused`] when the server refuses the channel
+    /// or the token; every passing failure is retried instead.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
+        let span = tracing::info_span!("tunnel", profile = %self.profile.name);
+        self.run_inner(shutdown).instrument(span).await
+    }
+
+    async fn run_inner(self, shutdown: CancellationToken) -> Result<(), ClientError> {
+        let mut attempt: u32 = 0;
+        let mut channel: Option<ChannelRecord> = None;
+        loop {
+            let outcome = match channel.clone() {
+                Some(record) => self.attach_and_serve(&record, &shutdown).await,
+                None => self.channel().await.map(|record| {
+                    channel = Some(record);
+                    Progress::HaveChannel
+                }),
+            };
+            let cause = match outcome {
+                Ok(Progress::HaveChannel) => continue,
+                Ok(Progress::Served(Served::Shutdown)) => return Ok(()),
+                Ok(Progress::Served(Served::Ended(ended))) => {
+                    attempt = 0;
+                    if ended == Ended::PeerClosed(Some(CloseCode::Away)) {
+                        info!(reason = %ended, "server is going away: reconnecting now");
+                        continue;
+                    }
+                    ended.to_string()
+                }
+                Err(AttachError::Refused(error)) => return Err(error),
+                Err(AttachError::Retry(cause)) => cause,
+            };
+            attempt = attempt.saturating_add(1);
+            let delay = backoff(attempt, &mut rand::rng());
+            info!(attempt, delay = ?delay, %cause, "tunnel down: reconnecting");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// The channel this profile holds on its server: the saved one, or a
+    /// new one from `/new`, saved at once.
+    async fn channel(&self) -> Result<ChannelRecord, AttachError> {
+        let profile = &self.profile;
+        let saved = self
+            .state
+            .load_channel(&profile.name, &profile.server_url)
+            .map_err(|error| AttachError::Refused(ClientError::State(format!("{error:#}"))))?;
+        if let Some(saved) = saved {
+            return Ok(saved);
+        }
+        let record = self.new_channel().await?;
+        self.state
+            .save_channel(&profile.name, &profile.server_url, &record)
+            .map_err(|error| AttachError::Refused(ClientError::State(format!("{error:#}"))))?;
+        info!(channel = %record.channel_id, "new channel issued");
+        Ok(record)
+    }
+
+    async fn new_channel(&self) -> Result<ChannelRecord, AttachError> {
+        let url = format!("{}/new", self.profile.server_url);
+        let mut request = self.http.get(&url);
+        if !self.profile.token.is_empty() {
+            request = request.bearer_auth(self.profile.token.expose());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| AttachError::Retry(format!("{:#}", anyhow::Error::from(error))))?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let message = error_message(response.bytes().await.unwrap_or_default());
+            return Err(AttachError::Refused(ClientError::ChannelRefused(format!(
+                "{} refused to issue a channel ({status}: {message}); run `wow-client login` to sign in",
+                self.profile.server_url
+            ))));
+        }
+        if !status.is_success() {
+            return Err(AttachError::Retry(format!("{url} answered {status}")));
+        }
+        let body: NewChannel = response.json().await.map_err(|error| {
+            AttachError::Retry(format!("{url} sent an unreadable answer: {error}"))
+        })?;
+        Ok(ChannelRecord {
+            channel_id: body.channel_id,
+            token: Secret::new(body.token),
+            webhook_url: body.webhook_url,
+        })
+    }
+
+    async fn attach_and_serve(
+        &self,
+        channel: &ChannelRecord,
+        shutdown: &CancellationToken,
+    ) -> Result<Progress, AttachError> {
+        let socket = tokio::select! {
+            socket = self.attach(channel) => socket?,
+            () = shutdown.cancelled() => return Ok(Progress::Served(Served::Shutdown)),
+        };
+        info!(channel = %channel.channel_id, "attached");
+        let _closed = self.events.send(Event::Attached {
+            profile: self.profile.name.clone(),
+            webhook_url: channel.webhook_url.clone(),
+            target: self.profile.target.to_string(),
+        });
+        Ok(Progress::Served(self.serve(socket, shutdown).await))
+    }
+
+    async fn attach(&self, channel: &ChannelRecord) -> Result<tls::ClientSocket, AttachError> {
+        let url = websocket_url(&self.profile.server_url, channel.channel_id);
+        let mut request = url.as_str().into_client_request().map_err(|error| {
+            AttachError::Refused(ClientError::Config(format!(
+                "invalid server_url {url:?}: {error}"
+            )))
+        })?;
+        let headers = request.headers_mut();
+        let bearer =
+            HeaderValue::from_str(&format!("Bearer {}", channel.token.expose())).map_err(|_| {
+                AttachError::Refused(ClientError::State(
+                    "the saved channel token is damaged: run with --reset-channel".to_owned(),
+                ))
+            })?;
+        headers.insert(AUTHORIZATION, bearer);
+        headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(PROTOCOL_V1),
+        );
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("wow-client/", env!("CARGO_PKG_VERSION"))),
+        );
+
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        match tls::connect(request, config, self.profile.insecure).await {
+            Ok(socket) => Ok(socket),
+            Err(WsError::Http(response)) => {
+                Err(self.refusal(response.status(), response.into_body()))
+            }
+            Err(error) => Err(AttachError::Retry(error.to_string())),
+        }
+    }
+
+    /// Whether an HTTP answer to the attach is final or worth a retry.
+    fn refusal(&self, status: StatusCode, body: Option<Vec<u8>>) -> AttachError {
+        let message = error_message(Bytes::from(body.unwrap_or_default()));
+        let server = &self.profile.server_url;
+        let profile = &self.profile.name;
+        let fix = match status {
+            StatusCode::NOT_FOUND => "the server does not know this channel",
+            StatusCode::UNAUTHORIZED => "the server does not accept this channel's token",
+            StatusCode::FORBIDDEN => "the token belongs to another channel",
+            StatusCode::BAD_REQUEST => {
+                return AttachError::Refused(ClientError::ChannelRefused(format!(
+                    "{server} refused the tunnel ({message}); upgrade wow-client or wow-server so they speak the same protocol"
+                )));
+            }
+            _ => return AttachError::Retry(format!("{server} answered {status}: {message}")),
+        };
+        AttachError::Refused(ClientError::ChannelRefused(format!(
+            "{server} refused the channel of profile {profile}: {fix} ({status}); run `wow-client --reset-channel` to get a new webhook URL"
+        )))
+    }
+
+    /// Serves requests on an attached socket until it ends or `shutdown`.
+    async fn serve(&self, socket: tls::ClientSocket, shutdown: &CancellationToken) -> Served {
+        let (mux, frames) = Multiplexer::new(Side::Client, MAX_STREAMS);
+        let link = Link::new();
+        let tasks = TaskTracker::new();
+        let accepting = AtomicBool::new(true);
+        let on_binary = |bytes: Bytes| {
+            let message = ServerMessage::decode(bytes).map_err(|error| error.to_string())?;
+            trace!(kind = message.kind(), "frame from server");
+            let incoming = mux
+                .receive_server_message(message)
+                .map_err(|error| error.to_string())?;
+            let Some(incoming) = incoming else {
+                return Ok(());
+            };
+            if !accepting.load(Ordering::Relaxed) {
+                incoming
+                    .stream
+                    .reset(ResetCode::Unavailable, "client is shutting down");
+                return Ok(());
+            }
+            let tunnel = self.clone();
+            tasks.spawn(async move {
+                let profile = &tunnel.profile;
+                let delivery = tunnel
+                    .forwarder
+                    .forward(&profile.name, &profile.target, profile.timeout, incoming)
+                    .await;
+                let _closed = tunnel.events.send(Event::Delivered(delivery));
+            });
+            Ok(())
+        };
+        let running = link.run(socket, frames, on_binary);
+        tokio::pin!(running);
+
+        tokio::select! {
+            ended = &mut running => {
+                mux.close();
+                return Served::Ended(ended);
+            }
+            () = shutdown.cancelled() => {}
+        }
+
+        // Finish what the app is working on, then say goodbye.
+        accepting.store(false, Ordering::Relaxed);
+        tasks.close();
+        tokio::select! {
+            () = tasks.wait() => {}
+            () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("in-flight deliveries did not finish in time"),
+            _ = &mut running => {}
+        }
+        link.close(CloseCode::Normal);
+        let _ended = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+        mux.close();
+        Served::Shutdown
+    }
+}
+
+/// `ws(s)://…/ws/{id}` for a server URL.
+fn websocket_url(server_url: &str, channel: uuid::Uuid) -> String {
+    let base = if let Some(rest) = server_url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = server_url.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        server_url.to_owned()
+    };
+    format!("{}/ws/{channel}", base.trim_end_matches('/'))
+}
+
+/// The `error` of a JSON error body, or a short note that there was none.
+fn error_message(body: Bytes) -> String {
+    serde_json::from_slice::<ErrorBody>(&body)
+        .map(|body| body.error)
+        .unwrap_or_else(|_| "no details".to_owned())
+}
+
+/// How long to wait before reconnect attempt `attempt` (1-based):
+/// exponential from [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`], with
+/// jitter between half and all of it so that many clients cut off together
+/// do not come back together.
+pub fn backoff(attempt: u32, rng: &mut impl Rng) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(16);
+    let ceiling = BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_CAP);
+    let jitter: f64 = rng.random_range(0.5..=1.0);
+    ceiling.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_to_its_cap_with_jitter() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut previous_ceiling = Duration::ZERO;
+        for attempt in 1..=12 {
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << (attempt - 1))
+                .min(BACKOFF_CAP);
+            for _ in 0..50 {
+                let delay = backoff(attempt, &mut rng);
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "{attempt}: {delay:?}"
+                );
+            }
+            assert!(ceiling >= previous_ceiling);
+            previous_ceiling = ceiling;
+        }
+        assert_eq!(previous_ceiling, BACKOFF_CAP);
+        assert!(backoff(u32::MAX, &mut rng) <= BACKOFF_CAP);
+    }
+
+    #[test]
+    fn websocket_urls_follow_the_server_scheme() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            websocket_url("https://hooks.example.com/", id),
+            format!("wss://hooks.example.com/ws/{id}")
+        );
+        assert_eq!(
+            websocket_url("http://127.0.0.1:8080/relay", id),
+            format!("ws://127.0.0.1:8080/relay/ws/{id}")
+        );
+    }
+}

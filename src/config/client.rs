@@ -1,0 +1,46 @@
+//! The client's validated configuration: profiles, each with its target.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{LogFormat, LogLevel, OfflinePolicy};
+use crate::Secret;
+use crate::client::Target;
+
+/// The name of the profile built from flags when none is configured.
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// Everything `wow-client` runs with (SPEC §2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// Where channel ids, tokens and the history live.
+    pub state_dir: PathBuf,
+    /// Least severe log level written.
+    pub log_level: LogLevel,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Deliveries kept in the local history.
+    pub history_max: usize,
+    /// The tunnels to run, each with its own channel.
+    pub profiles: Vec<Profile>,
+}
+
+/// One tunnel: a channel on a server, forwarded to a local target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// The profile's name (`default` for the unnamed one).
+    pub name: String,
+    /// The relay, `https://hooks.example.com`.
+    pub server_url: String,
+    /// Where requests go.
+    pub target: Target,
+    /// Session token for an auth-mode server's `/new`.
+    pub token: Secret,
+    /// Skip TLS verification towards the server.
+    pub insecure: bool,
+    /// Per request to the app; `None` waits forever.
+    pub timeout: Option<Duration>,
+    /// What the server does with webhooks while this client is away;
+    /// `None`: the server's default.
+    pub offline: Option<OfflinePolicy>,
+}

@@ -1,0 +1,29 @@
+//! wow: webhook-over-websocket.
+//!
+//! A public relay (`wow-server`) accepts webhooks and carries them over an
+//! outbound WebSocket held by a local agent (`wow-client`), which replays
+//! each request to a local app and carries the app's answer back.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: frames between server and client, streams and credit windows.
+//! - [`link`]: one WebSocket as both sides run it (batched writes, pings, liveness).
+//! - [`server`]: the relay: HTTP routes, channel registry, sessions, tokens.
+//! - [`client`]: the agent: tunnels per profile, forwarding to the local app.
+//! - [`headers`]: which headers cross the tunnel.
+//! - [`config`]: the validated configuration and its units.
+//! - [`daemon`]: logging set-up and signals.
+//! - [`files`]: private files in a state dir.
+//! - [`Secret`]: values that never print.
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod files;
+pub mod headers;
+pub mod link;
+pub mod protocol;
+mod secret;
+pub mod server;
+
+pub use secret::Secret;

@@ -1,0 +1,207 @@
+//! One WebSocket between server and client, as both sides run it: frames
+//! written in batches, pings every [`PING_INTERVAL`], and a peer that stays
+//! silent for [`DEAD_AFTER`] declared dead.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+/// How often each side pings the other.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// A peer that sent nothing (not even a pong) for this long is dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(30);
+
+/// Frames written per flush at most, so a busy link still gets pings out.
+const WRITE_BATCH: usize = 64;
+
+/// Liveness and close state of one WebSocket.
+#[derive(Debug)]
+pub struct Link {
+    closing: CancellationToken,
+    close_code: AtomicU16,
+    last_heard: Mutex<Instant>,
+}
+
+/// Why a link ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The peer sent a close frame (with its code, if any).
+    PeerClosed(Option<CloseCode>),
+    /// The connection dropped without a close frame.
+    Dropped(String),
+    /// The peer was silent for [`DEAD_AFTER`].
+    Silent,
+    /// The peer broke the protocol; the link was closed with 1002.
+    Protocol(String),
+    /// This side closed the link with the given code.
+    Closed(CloseCode),
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::PeerClosed(Some(code)) => write!(f, "peer closed the connection ({code})"),
+            Ended::PeerClosed(None) => f.write_str("peer closed the connection"),
+            Ended::Dropped(error) => write!(f, "connection dropped: {error}"),
+            Ended::Silent => write!(f, "peer silent for {}s", DEAD_AFTER.as_secs()),
+            Ended::Protocol(error) => write!(f, "protocol error: {error}"),
+            Ended::Closed(code) => write!(f, "closed by this side ({code})"),
+        }
+    }
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link::new()
+    }
+}
+
+impl Link {
+    /// A link not yet running.
+    pub fn new() -> Self {
+        Link {
+            closing: CancellationToken::new(),
+            close_code: AtomicU16::new(CloseCode::Normal.into()),
+            last_heard: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Asks the running link to send a close frame with `code` and stop.
+    pub fn close(&self, code: CloseCode) {
+        self.close_code.store(code.into(), Ordering::Relaxed);
+        self.closing.cancel();
+    }
+
+    /// How long ago the peer was last heard from.
+    pub fn silent_for(&self) -> Duration {
+        self.heard_at().elapsed()
+    }
+
+    fn heard_at(&self) -> Instant {
+        self.last_heard
+            .lock()
+            .map(|heard| *heard)
+            .unwrap_or_else(|_| Instant::now())
+    }
+
+    fn heard(&self) {
+        if let Ok(mut heard) = self.last_heard.lock() {
+            *heard = Instant::now();
+        }
+    }
+
+    /// Runs the link until it ends: writes `frames` as binary messages,
+    /// hands every binary message received to `on_binary`, and keeps the
+    /// peer alive with pings.
+    pub async fn run<S>(
+        &self,
+        socket: S,
+        frames: mpsc::UnboundedReceiver<Bytes>,
+        on_binary: impl FnMut(Bytes) -> Result<(), String>,
+    ) -> Ended
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    {
+        self.heard();
+        let (sink, stream) = socket.split();
+        tokio::select! {
+            ended = self.read_loop(stream, on_binary) => ended,
+            ended = self.write_loop(sink, frames) => ended,
+        }
+    }
+
+    async fn read_loop<S>(
+        &self,
+        mut stream: S,
+        mut on_binary: impl FnMut(Bytes) -> Result<(), String>,
+    ) -> Ended
+    where
+        S: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        loop {
+            let deadline = self.heard_at() + DEAD_AFTER;
+            let message = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => return Ended::Silent,
+                Ok(None) => return Ended::Dropped("end of stream".to_owned()),
+                Ok(Some(Err(error))) => return Ended::Dropped(error.to_string()),
+                Ok(Some(Ok(message))) => message,
+            };
+            self.heard();
+            match message {
+                Message::Binary(bytes) => {
+                    if let Err(error) = on_binary(bytes) {
+                        self.close(CloseCode::Protocol);
+                        return Ended::Protocol(error);
+                    }
+                }
+                Message::Close(frame) => return Ended::PeerClosed(frame.map(|frame| frame.code)),
+                Message::Text(_) => {
+                    self.close(CloseCode::Unsupported);
+                    return Ended::Protocol("text message on a binary protocol".to_owned());
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    async fn write_loop<S>(&self, mut sink: S, mut frames: mpsc::UnboundedReceiver<Bytes>) -> Ended
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let mut open = true;
+        loop {
+            let written = tokio::select! {
+                frame = frames.recv(), if open => match frame {
+                    Some(frame) => write_batch(&mut sink, frame, &mut frames).await,
+                    None => {
+                        open = false;
+                        Ok(())
+                    }
+                },
+                _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await,
+                () = self.closing.cancelled() => {
+                    let code = CloseCode::from(self.close_code.load(Ordering::Relaxed));
+                    let frame = CloseFrame { code, reason: "".into() };
+                    // The socket is dropped next whether or not this arrives.
+                    let _unsent = sink.send(Message::Close(Some(frame))).await;
+                    return Ended::Closed(code);
+                }
+            };
+            if let Err(error) = written {
+                return Ended::Dropped(error.to_string());
+            }
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to a batch), then flushes
+/// once: many small frames cost one system call.
+async fn write_batch<S>(
+    sink: &mut S,
+    first: Bytes,
+    frames: &mut mpsc::UnboundedReceiver<Bytes>,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    sink.feed(Message::Binary(first)).await?;
+    for _ in 1..WRITE_BATCH {
+        match frames.try_recv() {
+            Ok(frame) => sink.feed(Message::Binary(frame)).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}

@@ -1,0 +1,181 @@
+//! `GET /new` issues channels; `GET /ws/{id}` attaches a client to one.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderValue};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tracing::{info, warn};
+use uuid::Uuid;
+use warp::Reply;
+use warp::reply::Response;
+
+use super::Relay;
+use super::auth::{TokenError, bearer};
+use super::http::{RequestMeta, UpgradeSlot, error_response, json_response};
+use super::session::{self, MAX_STREAMS, Session};
+use crate::protocol::{Multiplexer, Side, negotiate_version};
+
+/// `GET /new`: issues a channel and its token.
+pub fn new_channel(relay: Arc<Relay>, headers: HeaderMap, meta: RequestMeta) -> Response {
+    let id = match relay.registry().create() {
+        Ok(id) => id,
+        Err(full) => {
+            warn!(error = %full, "refused a new channel");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server cannot take more channels",
+            );
+        }
+    };
+    let token = relay.tokens().issue_channel(id, None, None);
+    let webhook_url = format!("{}/webhook/{id}", relay.public_base(&headers, &meta));
+    info!(channel = %id, url = %webhook_url, "channel issued");
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "channel_id": id,
+            "token": token,
+            "webhook_url": webhook_url,
+        }),
+    )
+}
+
+/// `GET /ws/{id}`: checks the channel token and upgrades to the tunnel.
+pub fn attach(
+    channel: String,
+    relay: Arc<Relay>,
+    headers: HeaderMap,
+    meta: RequestMeta,
+    upgrade: Option<UpgradeSlot>,
+) -> Response {
+    let Some(key) = websocket_key(&headers) else {
+        return error_response(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    };
+    let Ok(channel) = Uuid::parse_str(&channel) else {
+        return error_response(StatusCode::NOT_FOUND, "unknown channel");
+    };
+    if let Err((status, message)) = check_token(&relay, channel, &headers) {
+        return error_response(status, message);
+    }
+    let offered = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .map(|value| value.to_str().unwrap_or("?"));
+    let protocol = match negotiate_version(offered) {
+        Ok(protocol) => protocol,
+        Err(offered) => {
+            warn!(%channel, %offered, "client offered no protocol version this server speaks");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "unsupported protocol version: upgrade wow-server or use an older wow-client",
+            );
+        }
+    };
+
+    let (mux, frames) = Multiplexer::new(Side::Server, MAX_STREAMS);
+    let session = Arc::new(Session::new(channel, Some(meta.peer), mux));
+    if relay.registry().attach(&session).is_err() {
+        return error_response(StatusCode::CONFLICT, "channel is already attached");
+    }
+    let Some(on_upgrade) = upgrade.as_ref().and_then(UpgradeSlot::take) else {
+        relay.registry().detach(&session);
+        return error_response(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    };
+    info!(%channel, peer = %meta.peer, "client attached");
+
+    let config = session::socket_config(relay.config().limits.max_header_bytes);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                session.clone().run(socket, frames).await;
+            }
+            Err(error) => warn!(%channel, error = %error, "WebSocket upgrade failed"),
+        }
+        session.mux().close();
+        relay.registry().detach(&session);
+    });
+
+    switching_protocols(&key, protocol)
+}
+
+/// Refuses the attach unless the request carries this channel's token.
+/// An unknown channel is re-registered when its token is valid, so a server
+/// that lost its state never changes a URL.
+fn check_token(
+    relay: &Relay,
+    channel: Uuid,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
+    let token = bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let verified = token.map(|token| relay.tokens().verify_channel(token));
+    let known = relay.registry().contains(channel);
+    match verified {
+        Some(Ok((holder, _))) if holder == channel => {
+            if !known {
+                info!(%channel, "channel re-registered from its token");
+            }
+            Ok(())
+        }
+        _ if !known => Err((StatusCode::NOT_FOUND, "unknown channel")),
+        Some(Ok(_)) => Err((
+            StatusCode::FORBIDDEN,
+            "the token belongs to another channel",
+        )),
+        Some(Err(TokenError::Expired)) => {
+            Err((StatusCode::UNAUTHORIZED, "the channel token has expired"))
+        }
+        Some(Err(TokenError::Invalid)) | None => {
+            Err((StatusCode::UNAUTHORIZED, "missing or invalid channel token"))
+        }
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a well-formed upgrade request.
+fn websocket_key(headers: &HeaderMap) -> Option<HeaderValue> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    let upgrade =
+        has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade");
+    let version = headers.get(header::SEC_WEBSOCKET_VERSION)? == "13";
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    (upgrade && version).then(|| key.clone())
+}
+
+fn switching_protocols(key: &HeaderValue, protocol: Option<&'static str>) -> Response {
+    let mut response =
+        warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let accept = derive_accept_key(key.as_bytes());
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = protocol {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol),
+        );
+    }
+    response
+}

@@ -1,0 +1,163 @@
+//! `wow-server`: the public relay that takes webhooks and carries them to
+//! attached clients.
+//!
+//! [`Server::run`] serves on a listener the caller bound, until the
+//! shutdown future resolves; then it drains (stops accepting, lets
+//! in-flight deliveries finish up to `limits.drain_timeout`) and closes
+//! every client WebSocket with code 1001 so clients reconnect elsewhere.
+
+mod attach;
+pub mod auth;
+mod http;
+pub mod registry;
+mod session;
+mod webhook;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ::http::header::{self, HeaderMap};
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use self::auth::Tokens;
+use self::http::RequestMeta;
+use self::registry::Registry;
+use crate::config::ServerConfig;
+use crate::files;
+
+/// A configured relay, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    relay: Arc<Relay>,
+}
+
+/// State shared by every request and session of a running server.
+#[derive(Debug)]
+pub struct Relay {
+    config: ArcSwap<ServerConfig>,
+    registry: Registry,
+    tokens: Tokens,
+    draining: AtomicBool,
+}
+
+impl Server {
+    /// Prepares the state dir and the token key.
+    ///
+    /// # Errors
+    ///
+    /// When the state dir or the signing key cannot be set up.
+    pub fn new(config: ServerConfig) -> anyhow::Result<Self> {
+        files::ensure_private_dir(&config.state_dir)?;
+        let tokens = Tokens::load(&config.auth, &config.state_dir)?;
+        let registry = Registry::new(config.limits.max_channels);
+        let relay = Arc::new(Relay {
+            config: ArcSwap::from_pointee(config),
+            registry,
+            tokens,
+            draining: AtomicBool::new(false),
+        });
+        Ok(Server { relay })
+    }
+
+    /// The shared state, for inspection.
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains.
+    ///
+    /// # Errors
+    ///
+    /// Reserved for failures that stop the server; serving errors of single
+    /// connections are logged, not returned.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let address = listener.local_addr()?;
+        info!(%address, "listening");
+        let stop_accepting = CancellationToken::new();
+        let serving = tokio::spawn(http::serve(
+            listener,
+            self.relay.clone(),
+            stop_accepting.clone(),
+        ));
+
+        shutdown.await;
+        info!("shutting down: draining in-flight deliveries");
+        self.relay.draining.store(true, Ordering::Relaxed);
+        stop_accepting.cancel();
+        serving.await?;
+        for session in self.relay.registry.sessions() {
+            session.close(CloseCode::Away);
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+impl Relay {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// The channel registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The token signer.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether `X-Forwarded-*` from this peer are believed.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.config()
+            .trusted_proxies
+            .iter()
+            .any(|network| network.contains(&peer))
+    }
+
+    /// `public_url`, or the scheme and host the request for `/new` used.
+    fn public_base(&self, headers: &HeaderMap, meta: &RequestMeta) -> String {
+        let config = self.config();
+        if let Some(public_url) = &config.public_url {
+            return public_url.clone();
+        }
+        let trusted = self.is_trusted(meta.peer.ip());
+        let forwarded = |name: &str| {
+            headers
+                .get(name)
+                .filter(|_| trusted)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split(',').next())
+                .map(|value| value.trim().to_owned())
+        };
+        let scheme = forwarded("x-forwarded-proto").unwrap_or_else(|| "http".to_owned());
+        let host = forwarded("x-forwarded-host")
+            .or_else(|| {
+                headers
+                    .get(header::HOST)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .or_else(|| meta.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| config.listen.to_string());
+        format!("{scheme}://{host}")
+    }
+}
