@@ -11,6 +11,7 @@
 //! - [`server`]: the relay: HTTP routes, channel registry, sessions, tokens.
 //! - [`client`]: the agent: tunnels per profile, forwarding to the local app.
 //! - [`headers`]: which headers cross the tunnel.
+//! - [`idle`]: timeouts that count from the last progress of a body.
 //! - [`config`]: the validated configuration and its units.
 //! - [`daemon`]: logging set-up and signals.
 //! - [`files`]: private files in a state dir.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod files;
 pub mod headers;
+pub mod idle;
 pub mod link;
 pub mod protocol;
 mod secret;

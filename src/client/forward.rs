@@ -6,13 +6,16 @@
 //! byte for byte (it percent-encodes `'` in queries and `{`, `}`, `"` in
 //! paths, and resolves `%2e%2e`). hyper sends the `Uri` we built as is.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -25,7 +28,10 @@ use tracing::{debug, warn};
 use super::Target;
 use super::output::Delivery;
 use crate::headers::strip_hop_by_hop;
-use crate::protocol::{IncomingRequest, RequestHead, ResetCode, ResponseHead, StreamHandle};
+use crate::idle::Progress;
+use crate::protocol::{
+    InboundBody, IncomingRequest, RequestHead, ResetCode, ResponseHead, StreamError, StreamHandle,
+};
 
 /// The id of the delivery, on every request the app gets.
 pub const X_WOW_DELIVERY_ID: HeaderName = HeaderName::from_static("x-wow-delivery-id");
@@ -95,19 +101,19 @@ impl Forwarder {
         let at = SystemTime::now();
         let started = Instant::now();
         let IncomingRequest { head, body, stream } = request;
+        let progress = Progress::new();
         let counted = Arc::new(AtomicU64::new(0));
-        let counter = counted.clone();
-        let body = body
-            .map_frame(move |frame| {
-                if let Some(data) = frame.data_ref() {
-                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                frame
-            })
-            .map_err(BoxError::from)
-            .boxed();
+        let body = Metered {
+            inner: body,
+            bytes: counted.clone(),
+            progress: progress.clone(),
+        }
+        .map_err(BoxError::from)
+        .boxed();
 
-        let outcome = self.exchange(target, timeout, &head, body, &stream).await;
+        let outcome = self
+            .exchange(target, timeout, &progress, &head, body, &stream)
+            .await;
         let status = match outcome {
             Ok(status) => status.as_u16(),
             Err(failure) => fail(&stream, &failure),
@@ -129,6 +135,7 @@ impl Forwarder {
         &self,
         target: &Target,
         timeout: Option<Duration>,
+        progress: &Progress,
         head: &RequestHead,
         body: ForwardBody,
         stream: &StreamHandle,
@@ -142,10 +149,12 @@ impl Forwarder {
         *request.headers_mut() = app_headers(head, target);
 
         let sent = self.client.request(request);
+        // The app may take `timeout` to answer after its last read of the body.
         let response = match timeout {
-            Some(limit) => tokio::time::timeout(limit, sent)
-                .await
-                .map_err(|_| Failure::TimedOut)?,
+            Some(limit) => tokio::select! {
+                response = sent => response,
+                () = progress.idle_for(limit) => return Err(Failure::TimedOut),
+            },
             None => sent.await,
         };
         let response = response.map_err(|error| {
@@ -156,6 +165,42 @@ impl Forwarder {
             }
         })?;
         send_response(response, stream).await
+    }
+}
+
+/// The request body on its way to the app: counts its bytes and marks
+/// progress, so the timeout counts from the app's last read.
+struct Metered {
+    inner: InboundBody,
+    bytes: Arc<AtomicU64>,
+    progress: Progress,
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(ready) = &polled {
+            if let Some(Ok(frame)) = ready {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+            }
+            self.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

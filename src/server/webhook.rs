@@ -19,6 +19,7 @@ use super::Relay;
 use super::http::{RequestMeta, error_response, set_retry_after};
 use super::registry::Lookup;
 use crate::headers::{FORWARDING, retain, strip_hop_by_hop};
+use crate::idle::Progress;
 use crate::protocol::{
     InboundBody, OpenError, OutgoingRequest, RequestHead, ResetCode, ResponseHead, StreamError,
     StreamHandle,
@@ -94,13 +95,15 @@ where
         }
     };
     let (uploaded, upload) = oneshot::channel();
+    let progress = Progress::new();
     tokio::spawn(forward_body(
         body,
         outgoing.stream.clone(),
         limits.max_body,
+        progress.clone(),
         uploaded,
     ));
-    let response = respond(outgoing, upload, limits.request_timeout).await;
+    let response = respond(outgoing, upload, &progress, limits.request_timeout).await;
     debug!(
         %channel,
         delivery = ?head.delivery_id,
@@ -112,15 +115,17 @@ where
     response
 }
 
-/// Waits for the app's answer, the upload's failure or the timeout.
+/// Waits for the app's answer, the upload's failure, or `timeout` after the
+/// request body last moved.
 async fn respond(
     outgoing: OutgoingRequest,
     mut upload: oneshot::Receiver<Upload>,
+    progress: &Progress,
     timeout: Duration,
 ) -> Response {
     let OutgoingRequest { stream, response } = outgoing;
     let mut response = pin!(response.recv());
-    let mut deadline = pin!(tokio::time::sleep(timeout));
+    let mut deadline = pin!(progress.idle_for(timeout));
     let mut uploading = true;
     loop {
         tokio::select! {
@@ -188,12 +193,13 @@ async fn forward_body<S, B>(
     mut body: S,
     stream: StreamHandle,
     max_body: u64,
+    progress: Progress,
     uploaded: oneshot::Sender<Upload>,
 ) where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
     B: Buf + Send + 'static,
 {
-    let outcome = upload(&mut body, &stream, max_body).await;
+    let outcome = upload(&mut body, &stream, max_body, &progress).await;
     // Report before resetting, so the waiter sees "too large" rather than a
     // bare reset.
     let _gone = uploaded.send(outcome);
@@ -208,7 +214,12 @@ async fn forward_body<S, B>(
     }
 }
 
-async fn upload<S, B>(body: &mut S, stream: &StreamHandle, max_body: u64) -> Upload
+async fn upload<S, B>(
+    body: &mut S,
+    stream: &StreamHandle,
+    max_body: u64,
+    progress: &Progress,
+) -> Upload
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -226,7 +237,9 @@ where
         if stream.send_data(bytes).await.is_err() {
             return Upload::TunnelClosed;
         }
+        progress.touch();
     }
+    progress.touch();
     Upload::Complete
 }
 
