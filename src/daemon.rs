@@ -69,3 +69,52 @@ pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>
         }
     })
 }
+
+/// Tells systemd about the daemon's state (sd_notify). Every function is a
+/// no-op when the process was not started by systemd (no `NOTIFY_SOCKET`).
+pub mod systemd {
+    use std::time::Duration;
+
+    use sd_notify::NotifyState;
+    use tracing::debug;
+
+    fn send(states: &[NotifyState<'_>]) {
+        if let Err(error) = sd_notify::notify(states) {
+            debug!(error = %error, "sd_notify failed");
+        }
+    }
+
+    /// `READY=1`: serving (the client: configuration valid).
+    pub fn ready() {
+        send(&[NotifyState::Ready]);
+    }
+
+    /// `RELOADING=1` with `MONOTONIC_USEC`, before a reload; follow with [`ready`].
+    pub fn reloading() {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => send(&[NotifyState::Reloading, now]),
+            Err(_) => send(&[NotifyState::Reloading]),
+        }
+    }
+
+    /// `STOPPING=1`: shutting down.
+    pub fn stopping() {
+        send(&[NotifyState::Stopping]);
+    }
+
+    /// `STATUS=…`: a one-line summary shown by `systemctl status`.
+    pub fn status(text: &str) {
+        send(&[NotifyState::Status(text)]);
+    }
+
+    /// `WATCHDOG=1`: the runtime is responsive.
+    pub fn watchdog() {
+        send(&[NotifyState::Watchdog]);
+    }
+
+    /// How often to send [`watchdog`]: half of `WATCHDOG_USEC`, when systemd
+    /// asked for watchdog pings.
+    pub fn watchdog_interval() -> Option<Duration> {
+        sd_notify::watchdog_enabled().map(|timeout| timeout / 2)
+    }
+}

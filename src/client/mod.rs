@@ -11,6 +11,7 @@ pub mod forward;
 pub mod output;
 mod session;
 pub mod state;
+pub mod status;
 mod target;
 mod tls;
 
@@ -26,6 +27,7 @@ pub use self::forward::Forwarder;
 pub use self::output::{Delivery, Event};
 pub use self::session::{Tunnel, backoff};
 pub use self::state::StateDir;
+pub use self::status::{ProfileStatus, StatusBoard, TunnelState};
 pub use self::target::Target;
 
 /// Why the client stopped.
@@ -60,12 +62,22 @@ impl ClientError {
 pub struct Client {
     config: ClientConfig,
     events: mpsc::UnboundedSender<Event>,
+    status: StatusBoard,
 }
 
 impl Client {
     /// A client for `config` that reports to `events`.
     pub fn new(config: ClientConfig, events: mpsc::UnboundedSender<Event>) -> Self {
-        Client { config, events }
+        Client {
+            config,
+            events,
+            status: StatusBoard::new(),
+        }
+    }
+
+    /// The live state of every tunnel, for `STATUS=` and status files.
+    pub fn status(&self) -> StatusBoard {
+        self.status.clone()
     }
 
     /// Runs every profile until `shutdown`, or until one is refused for good.
@@ -89,6 +101,7 @@ impl Client {
                 state.clone(),
                 forwarder.clone(),
                 self.events.clone(),
+                self.status.clone(),
             )?;
             tunnels.spawn(tunnel.run(stop.child_token()));
         }

@@ -22,6 +22,7 @@ use tracing::{Instrument, info, trace, warn};
 use super::forward::Forwarder;
 use super::output::Event;
 use super::state::{ChannelRecord, StateDir};
+use super::status::{ProfileStatus, StatusBoard, TunnelState};
 use super::{ClientError, tls};
 use crate::Secret;
 use crate::config::Profile;
@@ -51,6 +52,7 @@ pub struct Tunnel {
     http: reqwest::Client,
     forwarder: Forwarder,
     events: mpsc::UnboundedSender<Event>,
+    status: StatusBoard,
 }
 
 /// Why an attempt to attach did not lead to a running tunnel.
@@ -99,6 +101,7 @@ impl Tunnel {
         state: StateDir,
         forwarder: Forwarder,
         events: mpsc::UnboundedSender<Event>,
+        status: StatusBoard,
     ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(profile.insecure)
@@ -115,6 +118,7 @@ impl Tunnel {
             http,
             forwarder,
             events,
+            status,
         })
     }
 
@@ -127,7 +131,27 @@ impl Tunnel {
     /// or the token; every passing failure is retried instead.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ClientError> {
         let span = tracing::info_span!("tunnel", profile = %self.profile.name);
-        self.run_inner(shutdown).instrument(span).await
+        let status = self.status.clone();
+        let name = self.profile.name.clone();
+        status.set(
+            &name,
+            ProfileStatus {
+                state: TunnelState::Starting,
+                server_url: self.profile.server_url.clone(),
+                webhook_url: None,
+                target: self.profile.target.to_string(),
+            },
+        );
+        let result = self.run_inner(shutdown).instrument(span).await;
+        match &result {
+            Ok(()) => status.remove(&name),
+            Err(error) => status.update(&name, |entry| {
+                entry.state = TunnelState::Refused {
+                    reason: error.to_string(),
+                }
+            }),
+        }
+        result
     }
 
     async fn run_inner(self, shutdown: CancellationToken) -> Result<(), ClientError> {
@@ -156,6 +180,9 @@ impl Tunnel {
                 Err(AttachError::Retry(cause)) => cause,
             };
             attempt = attempt.saturating_add(1);
+            self.status.update(&self.profile.name, |entry| {
+                entry.state = TunnelState::Reconnecting { attempt }
+            });
             let delay = backoff(attempt, &mut rand::rng());
             info!(attempt, delay = ?delay, %cause, "tunnel down: reconnecting");
             tokio::select! {
@@ -225,6 +252,10 @@ impl Tunnel {
             () = shutdown.cancelled() => return Ok(Progress::Served(Served::Shutdown)),
         };
         info!(channel = %channel.channel_id, "attached");
+        self.status.update(&self.profile.name, |entry| {
+            entry.state = TunnelState::Attached;
+            entry.webhook_url = Some(channel.webhook_url.clone());
+        });
         let _closed = self.events.send(Event::Attached {
             profile: self.profile.name.clone(),
             webhook_url: channel.webhook_url.clone(),
