@@ -3,13 +3,12 @@
 //! silent for [`DEAD_AFTER`] declared dead.
 
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -30,7 +29,8 @@ const WRITE_BATCH: usize = 64;
 pub struct Link {
     closing: CancellationToken,
     close_code: AtomicU16,
-    last_heard: Mutex<Instant>,
+    last_heard: watch::Sender<Instant>,
+    ping_now: Notify,
 }
 
 /// Why a link ended.
@@ -73,8 +73,19 @@ impl Link {
         Link {
             closing: CancellationToken::new(),
             close_code: AtomicU16::new(CloseCode::Normal.into()),
-            last_heard: Mutex::new(Instant::now()),
+            last_heard: watch::Sender::new(Instant::now()),
+            ping_now: Notify::new(),
         }
+    }
+
+    /// Pings the peer now and waits up to `limit` for it to be heard from.
+    /// Returns whether it answered.
+    pub async fn probe(&self, limit: Duration) -> bool {
+        let mut heard = self.last_heard.subscribe();
+        let asked = Instant::now();
+        self.ping_now.notify_one();
+        let answered = heard.wait_for(|at| *at >= asked);
+        matches!(tokio::time::timeout(limit, answered).await, Ok(Ok(_)))
     }
 
     /// Asks the running link to send a close frame with `code` and stop.
@@ -89,16 +100,11 @@ impl Link {
     }
 
     fn heard_at(&self) -> Instant {
-        self.last_heard
-            .lock()
-            .map(|heard| *heard)
-            .unwrap_or_else(|_| Instant::now())
+        *self.last_heard.borrow()
     }
 
     fn heard(&self) {
-        if let Ok(mut heard) = self.last_heard.lock() {
-            *heard = Instant::now();
-        }
+        self.last_heard.send_replace(Instant::now());
     }
 
     /// Runs the link until it ends: writes `frames` as binary messages,
@@ -171,6 +177,7 @@ impl Link {
                     }
                 },
                 _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await,
+                () = self.ping_now.notified() => sink.send(Message::Ping(Bytes::new())).await,
                 () = self.closing.cancelled() => {
                     let code = CloseCode::from(self.close_code.load(Ordering::Relaxed));
                     let frame = CloseFrame { code, reason: "".into() };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{AUTHORIZATION, HeaderValue, SEC_WEBSOCKET_PROTOCOL, USER_AGENT};
+use hyper_util::client::proxy::matcher::Matcher;
 use rand::Rng;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -53,6 +54,7 @@ pub struct Tunnel {
     forwarder: Forwarder,
     events: mpsc::UnboundedSender<Event>,
     status: StatusBoard,
+    proxies: Arc<Matcher>,
 }
 
 /// Why an attempt to attach did not lead to a running tunnel.
@@ -119,6 +121,7 @@ impl Tunnel {
             forwarder,
             events,
             status,
+            proxies: Arc::new(Matcher::from_env()),
         })
     }
 
@@ -159,7 +162,7 @@ impl Tunnel {
         let mut channel: Option<ChannelRecord> = None;
         loop {
             let outcome = match channel.clone() {
-                Some(record) => self.attach_and_serve(&record, &shutdown).await,
+                Some(record) => self.attach_and_serve(&record, attempt, &shutdown).await,
                 None => self.channel().await.map(|record| {
                     channel = Some(record);
                     Progress::HaveChannel
@@ -245,13 +248,18 @@ impl Tunnel {
     async fn attach_and_serve(
         &self,
         channel: &ChannelRecord,
+        failed_attempts: u32,
         shutdown: &CancellationToken,
     ) -> Result<Progress, AttachError> {
         let socket = tokio::select! {
             socket = self.attach(channel) => socket?,
             () = shutdown.cancelled() => return Ok(Progress::Served(Served::Shutdown)),
         };
-        info!(channel = %channel.channel_id, "attached");
+        if failed_attempts == 0 {
+            info!(channel = %channel.channel_id, "attached");
+        } else {
+            info!(channel = %channel.channel_id, failed_attempts, "reconnected");
+        }
         self.status.update(&self.profile.name, |entry| {
             entry.state = TunnelState::Attached;
             entry.webhook_url = Some(channel.webhook_url.clone());
@@ -291,7 +299,7 @@ impl Tunnel {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
-        match tls::connect(request, config, self.profile.insecure).await {
+        match tls::connect(request, config, self.profile.insecure, &self.proxies).await {
             Ok(socket) => Ok(socket),
             Err(WsError::Http(response)) => {
                 Err(self.refusal(response.status(), response.into_body()))
@@ -330,6 +338,9 @@ impl Tunnel {
         let on_binary = |bytes: Bytes| {
             let message = ServerMessage::decode(bytes).map_err(|error| error.to_string())?;
             trace!(kind = message.kind(), "frame from server");
+            if message == ServerMessage::GoAway {
+                info!("server is draining: finishing open requests");
+            }
             let incoming = mux
                 .receive_server_message(message)
                 .map_err(|error| error.to_string())?;

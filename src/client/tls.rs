@@ -1,8 +1,14 @@
-//! The client's WebSocket connection to the server: TLS against the
-//! system's trust store, or no verification at all with `--insecure`.
+//! The client's WebSocket connection to the server: through an HTTP proxy
+//! when `HTTPS_PROXY`/`HTTP_PROXY` say so (and `NO_PROXY` does not), with
+//! TLS against the system's trust store, or no verification at all with
+//! `--insecure`.
 
 use std::sync::Arc;
 
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -11,6 +17,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tower_service::Service;
 
 /// The client's end of a tunnel WebSocket.
 pub type ClientSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -25,12 +32,66 @@ pub async fn connect(
     request: Request,
     config: WebSocketConfig,
     insecure: bool,
+    proxies: &Matcher,
 ) -> Result<ClientSocket, WsError> {
     let connector = insecure.then(|| Connector::Rustls(Arc::new(insecure_config())));
+    let Some((proxy, destination)) = proxy_for(request.uri(), proxies) else {
+        let (socket, _response) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            connector,
+        )
+        .await?;
+        return Ok(socket);
+    };
+
+    let stream = tunnel(&proxy, destination).await?;
     let (socket, _response) =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector)
+        tokio_tungstenite::client_async_tls_with_config(request, stream, Some(config), connector)
             .await?;
     Ok(socket)
+}
+
+/// The proxy for a `ws(s)://` URI, if the environment names one for it,
+/// and the `host:port` to ask the proxy for.
+fn proxy_for(uri: &Uri, proxies: &Matcher) -> Option<(Intercept, Uri)> {
+    let (scheme, default_port) = match uri.scheme_str()? {
+        "wss" => ("https", 443),
+        "ws" => ("http", 80),
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    let port = authority.port_u16().unwrap_or(default_port);
+    let destination: Uri = format!("{scheme}://{}:{port}/", authority.host())
+        .parse()
+        .ok()?;
+    let proxy = proxies.intercept(&destination)?;
+    Some((proxy, destination))
+}
+
+/// Opens a TCP tunnel to `destination` through `proxy` with HTTP CONNECT.
+async fn tunnel(proxy: &Intercept, destination: Uri) -> Result<TcpStream, WsError> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let mut tunnel = Tunnel::new(proxy.uri().clone(), connector);
+    if let Some(auth) = proxy.basic_auth() {
+        tunnel = tunnel.with_auth(auth.clone());
+    }
+    let failed = |error: Box<dyn std::error::Error + Send + Sync>| {
+        WsError::Io(std::io::Error::other(format!(
+            "proxy {} refused the tunnel: {error}",
+            proxy.uri()
+        )))
+    };
+    std::future::poll_fn(|cx| tunnel.poll_ready(cx))
+        .await
+        .map_err(|error| failed(error.into()))?;
+    let io = tunnel
+        .call(destination)
+        .await
+        .map_err(|error| failed(error.into()))?;
+    Ok(io.into_inner())
 }
 
 /// A TLS configuration that accepts any certificate (`--insecure`).

@@ -290,6 +290,12 @@ impl Multiplexer {
         }
     }
 
+    /// Server side: tells the client no new streams will come (the server
+    /// is draining); open streams finish normally.
+    pub fn go_away(&self) {
+        self.shared.send(ServerMessage::GoAway.encode());
+    }
+
     /// Ends every open stream because the connection is gone, and refuses
     /// new ones.
     pub fn close(&self) {

@@ -1,6 +1,7 @@
 //! `GET /new` issues channels; `GET /ws/{id}` attaches a client to one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -8,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{info, warn};
 use uuid::Uuid;
 use warp::Reply;
@@ -21,7 +23,7 @@ use crate::protocol::{Multiplexer, Side, negotiate_version};
 
 /// `GET /new`: issues a channel and its token.
 pub fn new_channel(relay: Arc<Relay>, headers: HeaderMap, meta: RequestMeta) -> Response {
-    let id = match relay.registry().create() {
+    let id = match relay.registry().create(None) {
         Ok(id) => id,
         Err(full) => {
             warn!(error = %full, "refused a new channel");
@@ -44,8 +46,13 @@ pub fn new_channel(relay: Arc<Relay>, headers: HeaderMap, meta: RequestMeta) -> 
     )
 }
 
+/// A held channel is handed to a new attach when its connection does not
+/// answer a ping within this (a laptop waking from sleep must not wait out
+/// a dead socket).
+const REPLACE_PROBE: Duration = Duration::from_secs(5);
+
 /// `GET /ws/{id}`: checks the channel token and upgrades to the tunnel.
-pub fn attach(
+pub async fn attach(
     channel: String,
     relay: Arc<Relay>,
     headers: HeaderMap,
@@ -77,8 +84,15 @@ pub fn attach(
 
     let (mux, frames) = Multiplexer::new(Side::Server, MAX_STREAMS);
     let session = Arc::new(Session::new(channel, Some(meta.peer), mux));
-    if relay.registry().attach(&session).is_err() {
-        return error_response(StatusCode::CONFLICT, "channel is already attached");
+    if let Err(holder) = relay.registry().attach(&session) {
+        if holder.link().probe(REPLACE_PROBE).await {
+            return error_response(StatusCode::CONFLICT, "channel is already attached");
+        }
+        if relay.registry().replace(Some(&holder), &session).is_err() {
+            return error_response(StatusCode::CONFLICT, "channel is already attached");
+        }
+        info!(%channel, "replacing a connection that stopped answering");
+        holder.close(CloseCode::Away);
     }
     let Some(on_upgrade) = upgrade.as_ref().and_then(UpgradeSlot::take) else {
         relay.registry().detach(&session);

@@ -195,7 +195,7 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .and(warp::header::headers_cloned())
         .and(meta)
         .and(warp::ext::optional::<UpgradeSlot>())
-        .map(attach::attach);
+        .then(attach::attach);
     let webhook = warp::path("webhook")
         .and(warp::path::param::<String>())
         .and(warp::method())

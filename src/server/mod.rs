@@ -41,7 +41,7 @@ pub struct Server {
 #[derive(Debug)]
 pub struct Relay {
     config: ArcSwap<ServerConfig>,
-    registry: Registry,
+    registry: Arc<Registry>,
     tokens: Tokens,
     draining: AtomicBool,
 }
@@ -55,7 +55,10 @@ impl Server {
     pub fn new(config: ServerConfig) -> anyhow::Result<Self> {
         files::ensure_private_dir(&config.state_dir)?;
         let tokens = Tokens::load(&config.auth, &config.state_dir)?;
-        let registry = Registry::new(config.limits.max_channels);
+        let registry = Arc::new(Registry::load(
+            &config.state_dir,
+            config.limits.max_channels,
+        )?);
         let relay = Arc::new(Relay {
             config: ArcSwap::from_pointee(config),
             registry,
@@ -82,24 +85,61 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
-        info!(%address, "listening");
+        let (known, _) = self.relay.registry.counts();
+        info!(%address, channels = known, "listening");
         let stop_accepting = CancellationToken::new();
+        let stop_background = CancellationToken::new();
         let serving = tokio::spawn(http::serve(
             listener,
             self.relay.clone(),
             stop_accepting.clone(),
         ));
+        let saving = tokio::spawn(
+            self.relay
+                .registry
+                .clone()
+                .keep_saved(stop_background.clone()),
+        );
+        let sweeping = tokio::spawn(sweep(self.relay.clone(), stop_background.clone()));
 
         shutdown.await;
         info!("shutting down: draining in-flight deliveries");
         self.relay.draining.store(true, Ordering::Relaxed);
+        for session in self.relay.registry.sessions() {
+            session.mux().go_away();
+        }
         stop_accepting.cancel();
         serving.await?;
         for session in self.relay.registry.sessions() {
             session.close(CloseCode::Away);
         }
+        stop_background.cancel();
+        sweeping.await?;
+        saving.await?;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Expires channels nobody holds, every `channels.cleanup_interval`.
+async fn sweep(relay: Arc<Relay>, stop: CancellationToken) {
+    loop {
+        let channels = relay.config().channels.clone();
+        let interval = channels
+            .cleanup_interval
+            .max(std::time::Duration::from_secs(1));
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+        let expired = relay.registry.expire(
+            std::time::SystemTime::now(),
+            channels.cleanup_interval,
+            channels.idle_ttl,
+        );
+        for channel in &expired {
+            info!(%channel, "channel expired");
+        }
     }
 }
 

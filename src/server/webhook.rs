@@ -165,10 +165,17 @@ fn answer_response(answer: Result<(ResponseHead, InboundBody), StreamError>) -> 
                     error_response(StatusCode::BAD_REQUEST, "the client refused this request")
                 }
                 ResetCode::Unavailable => offline(),
+                ResetCode::AppFailed => {
+                    error_response(StatusCode::BAD_GATEWAY, "the local app failed to answer")
+                }
                 _ => error_response(StatusCode::BAD_GATEWAY, "the tunnel failed"),
             }
         }
-        Err(StreamError::ConnectionLost { .. }) => {
+        // The client never saw the request: for the sender the channel was offline.
+        Err(StreamError::ConnectionLost {
+            acknowledged: false,
+        }) => offline(),
+        Err(StreamError::ConnectionLost { acknowledged: true }) => {
             error_response(StatusCode::BAD_GATEWAY, "the tunnel connection was lost")
         }
         Err(StreamError::Closed) => error_response(StatusCode::BAD_GATEWAY, "the tunnel failed"),

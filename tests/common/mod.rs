@@ -534,6 +534,7 @@ pub struct Process {
     pub child: tokio::process::Child,
     pub stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     pub stderr_lines: Arc<std::sync::Mutex<Vec<String>>>,
+    stderr_task: Option<JoinHandle<()>>,
 }
 
 impl Process {
@@ -565,8 +566,27 @@ impl Process {
             })
     }
 
+    /// Waits for the next "attached" line (`name  URL -> target`), skipping
+    /// delivery lines, and returns its URL.
+    pub async fn attached(&mut self) -> String {
+        loop {
+            let line = self.line().await;
+            if line.contains(" -> ") {
+                return line.split_whitespace().nth(1).unwrap().to_owned();
+            }
+        }
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr_lines.lock().unwrap().join("\n")
+    }
+
+    /// Everything the process wrote on stderr, once it closed stderr.
+    pub async fn all_stderr(&mut self) -> String {
+        if let Some(task) = self.stderr_task.take() {
+            within(STEP, task).await.unwrap();
+        }
+        self.stderr()
     }
 }
 
@@ -575,6 +595,17 @@ impl Process {
 pub fn spawn_binary(
     name: &str,
     args: &[&str],
+    on_stderr: Option<oneshot::Sender<String>>,
+    marker: &'static str,
+) -> Process {
+    spawn_binary_env(name, args, &[], on_stderr, marker)
+}
+
+/// [`spawn_binary`] with extra environment variables.
+pub fn spawn_binary_env(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
     on_stderr: Option<oneshot::Sender<String>>,
     marker: &'static str,
 ) -> Process {
@@ -587,6 +618,7 @@ pub fn spawn_binary(
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .env_remove("WOW_CONFIG_DIR")
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -597,7 +629,7 @@ pub fn spawn_binary(
     let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let stderr_lines = Arc::new(std::sync::Mutex::new(Vec::new()));
     let collected = stderr_lines.clone();
-    tokio::spawn(async move {
+    let stderr_task = tokio::spawn(async move {
         let mut on_stderr = on_stderr;
         while let Ok(Some(line)) = stderr.next_line().await {
             if line.contains(marker)
@@ -612,15 +644,25 @@ pub fn spawn_binary(
         child,
         stdout,
         stderr_lines,
+        stderr_task: Some(stderr_task),
     }
 }
 
 /// Starts `wow-server` on 127.0.0.1:0 and waits until it listens.
 pub async fn spawn_server(state_dir: &Path, extra: &[&str]) -> (Process, SocketAddr) {
+    spawn_server_at(state_dir, "127.0.0.1:0", extra).await
+}
+
+/// Starts `wow-server` on `listen` and waits until it listens.
+pub async fn spawn_server_at(
+    state_dir: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> (Process, SocketAddr) {
     let (ready, listening) = oneshot::channel();
     let mut args = vec![
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--state-dir",
         state_dir.to_str().unwrap(),
         "--config-dir",
@@ -660,7 +702,31 @@ pub async fn spawn_client(
     ];
     args.extend_from_slice(extra);
     let mut process = spawn_binary("wow-client", &args, None, "");
-    let line = process.line().await;
-    let url = line.split_whitespace().nth(1).unwrap().to_owned();
+    let url = process.attached().await;
     (process, url)
+}
+
+/// A loopback port that was free a moment ago (for a server that must come
+/// back on the same port after a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `TERM`, `KILL`, `HUP`) to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Waits for a process to exit and returns its exit code.
+pub async fn exit_code(process: &mut Process) -> Option<i32> {
+    within(STEP, process.child.wait()).await.unwrap().code()
 }
