@@ -32,11 +32,17 @@ async fn a_restarted_client_gets_its_url_back() {
         let mut first = start_client(client_config(&server.url, &app.url, state.path()));
         let url = first.attached().await;
         first.shutdown().await.unwrap();
-        assert_eq!(post(&url).await, 503);
+        // Offline: the webhook waits in the queue.
+        assert_eq!(post(&url).await, 202);
 
         let mut second = start_client(client_config(&server.url, &app.url, state.path()));
         assert_eq!(second.attached().await, url);
-        assert_eq!(post(&url).await, 200);
+        assert_eq!(
+            app.request().await.header("x-wow-redelivered").as_deref(),
+            Some("true")
+        );
+        // Until the queue is empty new webhooks queue behind it (202); either way they arrive.
+        assert!(matches!(post(&url).await, 200 | 202));
         app.request().await;
     })
     .await;
@@ -120,12 +126,13 @@ async fn a_frozen_client_is_declared_dead_and_comes_back_by_itself() {
         signal(client.pid(), "STOP");
         let frozen = Instant::now();
         // A webhook sent now does not hang: once the client is declared
-        // dead (30 s without an answer) the sender gets 503.
-        assert_eq!(post(&url).await, 503);
+        // dead (30 s without an answer) the request the client never saw
+        // goes to the offline queue (202; 503 for channels that reject).
+        assert_eq!(post(&url).await, 202);
         let detected = frozen.elapsed();
         eprintln!("dead client detected after {detected:?}");
         assert!(detected < Duration::from_secs(35), "{detected:?}");
-        assert_eq!(post(&url).await, 503);
+        assert_eq!(post(&url).await, 202);
 
         let remaining = Duration::from_secs(60).saturating_sub(frozen.elapsed());
         tokio::time::sleep(remaining).await;
@@ -133,6 +140,14 @@ async fn a_frozen_client_is_declared_dead_and_comes_back_by_itself() {
         let resumed = Instant::now();
         assert_eq!(client.attached().await, url);
         eprintln!("client back {:?} after SIGCONT", resumed.elapsed());
+        for _ in 0..2 {
+            let redelivered = app.request().await;
+            assert_eq!(
+                redelivered.header("x-wow-redelivered").as_deref(),
+                Some("true")
+            );
+            assert_eq!(redelivered.body, b"ping");
+        }
         assert_eq!(post(&url).await, 200);
         app.request().await;
     })

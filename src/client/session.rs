@@ -215,7 +215,7 @@ impl Tunnel {
     }
 
     async fn new_channel(&self) -> Result<ChannelRecord, AttachError> {
-        let url = format!("{}/new", self.profile.server_url);
+        let url = format!("{}/new{}", self.profile.server_url, self.options());
         let mut request = self.http.get(&url);
         if !self.profile.token.is_empty() {
             request = request.bearer_auth(self.profile.token.expose());
@@ -273,7 +273,11 @@ impl Tunnel {
     }
 
     async fn attach(&self, channel: &ChannelRecord) -> Result<tls::ClientSocket, AttachError> {
-        let url = websocket_url(&self.profile.server_url, channel.channel_id);
+        let url = format!(
+            "{}{}",
+            websocket_url(&self.profile.server_url, channel.channel_id),
+            self.options()
+        );
         let mut request = url.as_str().into_client_request().map_err(|error| {
             AttachError::Refused(ClientError::Config(format!(
                 "invalid server_url {url:?}: {error}"
@@ -305,6 +309,14 @@ impl Tunnel {
                 Err(self.refusal(response.status(), response.into_body()))
             }
             Err(error) => Err(AttachError::Retry(error.to_string())),
+        }
+    }
+
+    /// The query string stating this profile's preferences to the server.
+    fn options(&self) -> String {
+        match self.profile.offline {
+            Some(offline) => format!("?offline={offline}"),
+            None => String::new(),
         }
     }
 

@@ -145,7 +145,7 @@ impl Default for Channels {
         Channels {
             cleanup_interval: Duration::from_secs(5 * 60),
             idle_ttl: Duration::from_secs(168 * 3600),
-            offline: OfflinePolicy::Reject,
+            offline: OfflinePolicy::Queue,
             queue_max: 1000,
             queue_max_bytes: 256 << 20,
             queue_ttl: Duration::from_secs(72 * 3600),

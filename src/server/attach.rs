@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 use hyper_util::rt::TokioIo;
+use serde::Deserialize;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -15,15 +16,40 @@ use uuid::Uuid;
 use warp::Reply;
 use warp::reply::Response;
 
-use super::Relay;
 use super::auth::{TokenError, bearer};
 use super::http::{RequestMeta, UpgradeSlot, error_response, json_response};
 use super::session::{self, MAX_STREAMS, Session};
+use super::{Relay, redeliver};
+use crate::config::OfflinePolicy;
 use crate::protocol::{Multiplexer, Side, negotiate_version};
 
+/// Options a client may give with `/new` and `/ws/{id}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChannelOptions {
+    /// `queue` or `reject`: what the server does with the channel's
+    /// webhooks while this client is away.
+    pub offline: Option<String>,
+}
+
+impl ChannelOptions {
+    /// The requested policy; a bad value is the sender's error message.
+    fn offline(&self) -> Result<Option<OfflinePolicy>, String> {
+        self.offline.as_deref().map(str::parse).transpose()
+    }
+}
+
 /// `GET /new`: issues a channel and its token.
-pub fn new_channel(relay: Arc<Relay>, headers: HeaderMap, meta: RequestMeta) -> Response {
-    let id = match relay.registry().create(None) {
+pub fn new_channel(
+    options: ChannelOptions,
+    relay: Arc<Relay>,
+    headers: HeaderMap,
+    meta: RequestMeta,
+) -> Response {
+    let offline = match options.offline() {
+        Ok(offline) => offline,
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, &error),
+    };
+    let id = match relay.registry().create(offline) {
         Ok(id) => id,
         Err(full) => {
             warn!(error = %full, "refused a new channel");
@@ -54,6 +80,7 @@ const REPLACE_PROBE: Duration = Duration::from_secs(5);
 /// `GET /ws/{id}`: checks the channel token and upgrades to the tunnel.
 pub async fn attach(
     channel: String,
+    options: ChannelOptions,
     relay: Arc<Relay>,
     headers: HeaderMap,
     meta: RequestMeta,
@@ -68,6 +95,10 @@ pub async fn attach(
     if let Err((status, message)) = check_token(&relay, channel, &headers) {
         return error_response(status, message);
     }
+    let offline = match options.offline() {
+        Ok(offline) => offline,
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, &error),
+    };
     let offered = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .map(|value| value.to_str().unwrap_or("?"));
@@ -99,6 +130,9 @@ pub async fn attach(
         return error_response(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
     };
     info!(%channel, peer = %meta.peer, "client attached");
+    if let Some(offline) = offline {
+        relay.registry().set_offline(channel, offline);
+    }
 
     let config = session::socket_config(relay.config().limits.max_header_bytes);
     tokio::spawn(async move {
@@ -110,11 +144,13 @@ pub async fn attach(
                     Some(config),
                 )
                 .await;
+                tokio::spawn(redeliver::run(relay.clone(), session.clone()));
                 session.clone().run(socket, frames).await;
             }
             Err(error) => warn!(%channel, error = %error, "WebSocket upgrade failed"),
         }
         session.mux().close();
+        session.end();
         relay.registry().detach(&session);
     });
 

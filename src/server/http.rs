@@ -183,6 +183,7 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .map(|relay: Arc<Relay>| readiness(&relay));
     let new = warp::path!("new")
         .and(warp::get().or(warp::post()).unify())
+        .and(warp::query::<attach::ChannelOptions>())
         .and(with_relay.clone())
         .and(warp::header::headers_cloned())
         .and(meta)
@@ -191,6 +192,7 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .and(warp::path::param::<String>())
         .and(warp::path::end())
         .and(warp::get())
+        .and(warp::query::<attach::ChannelOptions>())
         .and(with_relay.clone())
         .and(warp::header::headers_cloned())
         .and(meta)

@@ -9,7 +9,10 @@
 mod attach;
 pub mod auth;
 mod http;
+pub mod queue;
+mod redeliver;
 pub mod registry;
+mod request;
 mod session;
 mod webhook;
 
@@ -17,16 +20,18 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use ::http::header::{self, HeaderMap};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use self::auth::Tokens;
 use self::http::RequestMeta;
+use self::queue::Queue;
 use self::registry::Registry;
 use crate::config::ServerConfig;
 use crate::files;
@@ -42,6 +47,7 @@ pub struct Server {
 pub struct Relay {
     config: ArcSwap<ServerConfig>,
     registry: Arc<Registry>,
+    queue: Queue,
     tokens: Tokens,
     draining: AtomicBool,
 }
@@ -59,9 +65,11 @@ impl Server {
             &config.state_dir,
             config.limits.max_channels,
         )?);
+        let queue = Queue::open(&config.state_dir)?;
         let relay = Arc::new(Relay {
             config: ArcSwap::from_pointee(config),
             registry,
+            queue,
             tokens,
             draining: AtomicBool::new(false),
         });
@@ -101,6 +109,7 @@ impl Server {
                 .keep_saved(stop_background.clone()),
         );
         let sweeping = tokio::spawn(sweep(self.relay.clone(), stop_background.clone()));
+        let expiring = tokio::spawn(expire_queue(self.relay.clone(), stop_background.clone()));
 
         shutdown.await;
         info!("shutting down: draining in-flight deliveries");
@@ -115,6 +124,7 @@ impl Server {
         }
         stop_background.cancel();
         sweeping.await?;
+        expiring.await?;
         saving.await?;
         info!("stopped");
         Ok(())
@@ -133,12 +143,40 @@ async fn sweep(relay: Arc<Relay>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         let expired = relay.registry.expire(
-            std::time::SystemTime::now(),
+            SystemTime::now(),
             channels.cleanup_interval,
             channels.idle_ttl,
         );
         for channel in &expired {
             info!(%channel, "channel expired");
+        }
+    }
+}
+
+/// Drops queued deliveries older than `channels.queue_ttl`, logging each.
+async fn expire_queue(relay: Arc<Relay>, stop: CancellationToken) {
+    loop {
+        let ttl = relay.config().channels.queue_ttl;
+        let every = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+        match relay.queue.expire(SystemTime::now(), ttl).await {
+            Ok(expired) => {
+                for queued in expired {
+                    warn!(
+                        channel = %queued.channel,
+                        delivery = ?queued.head.delivery_id,
+                        ttl = ?ttl,
+                        "queued delivery expired undelivered"
+                    );
+                }
+            }
+            Err(error) => error!(
+                error = format!("{error:#}"),
+                "cannot expire queued deliveries"
+            ),
         }
     }
 }
@@ -152,6 +190,11 @@ impl Relay {
     /// The channel registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The offline queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
     }
 
     /// The token signer.

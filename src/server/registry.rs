@@ -55,9 +55,17 @@ pub enum Lookup {
     /// No such channel.
     Unknown,
     /// The channel exists; no client holds it.
-    Offline,
+    Offline {
+        /// The channel's own offline policy, if its client stated one.
+        offline: Option<OfflinePolicy>,
+    },
     /// A client holds the channel.
-    Attached(Arc<Session>),
+    Attached {
+        /// The attached client.
+        session: Arc<Session>,
+        /// The channel's own offline policy, if its client stated one.
+        offline: Option<OfflinePolicy>,
+    },
 }
 
 /// The registry already holds `max_channels` channels.
@@ -160,9 +168,26 @@ impl Registry {
             None => Lookup::Unknown,
             Some(Channel {
                 session: Some(session),
+                offline,
                 ..
-            }) => Lookup::Attached(session.clone()),
-            Some(_) => Lookup::Offline,
+            }) => Lookup::Attached {
+                session: session.clone(),
+                offline: *offline,
+            },
+            Some(channel) => Lookup::Offline {
+                offline: channel.offline,
+            },
+        }
+    }
+
+    /// Records the offline policy a channel's client asked for.
+    pub fn set_offline(&self, id: Uuid, offline: OfflinePolicy) {
+        let changed = self
+            .write()
+            .get_mut(&id)
+            .is_some_and(|channel| channel.offline.replace(offline) != Some(offline));
+        if changed {
+            self.changed.notify_one();
         }
     }
 
@@ -413,9 +438,19 @@ mod tests {
         registry.replace(Some(&first), &second).unwrap();
         assert!(registry.replace(Some(&first), &third).is_err());
         registry.detach(&first);
-        assert!(matches!(registry.lookup(id), Lookup::Attached(_)));
+        assert!(matches!(registry.lookup(id), Lookup::Attached { .. }));
         registry.detach(&second);
-        assert!(matches!(registry.lookup(id), Lookup::Offline));
+        assert!(matches!(
+            registry.lookup(id),
+            Lookup::Offline { offline: None }
+        ));
+        registry.set_offline(id, OfflinePolicy::Reject);
+        assert!(matches!(
+            registry.lookup(id),
+            Lookup::Offline {
+                offline: Some(OfflinePolicy::Reject)
+            }
+        ));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, trace, warn};
 use uuid::Uuid;
 
@@ -39,6 +40,7 @@ pub struct Session {
     peer: Option<SocketAddr>,
     mux: Multiplexer,
     link: Link,
+    ended: CancellationToken,
 }
 
 impl Session {
@@ -49,7 +51,18 @@ impl Session {
             peer,
             mux,
             link: Link::new(),
+            ended: CancellationToken::new(),
         }
+    }
+
+    /// Resolves once the session has ended (or never started).
+    pub async fn ended(&self) {
+        self.ended.cancelled().await;
+    }
+
+    /// Marks the session as ended: its tasks stop.
+    pub fn end(&self) {
+        self.ended.cancel();
     }
 
     /// The channel this session holds.
@@ -84,6 +97,7 @@ impl Session {
             .run(socket, frames, |bytes| self.handle_binary(bytes))
             .await;
         self.mux.close();
+        self.end();
         info!(channel = %self.channel, peer = ?self.peer, reason = %ended, "client detached");
     }
 

@@ -56,6 +56,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub url: String,
     pub state: tempfile::TempDir,
+    pub relay: Arc<wow::server::Relay>,
     stop: Option<oneshot::Sender<()>>,
     task: Background<anyhow::Result<()>>,
 }
@@ -82,6 +83,7 @@ pub async fn start_server_in(state: tempfile::TempDir, config: ServerConfig) -> 
     let listener = TcpListener::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = Server::new(config).unwrap();
+    let relay = server.relay().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(listener, async move {
         let _ = stopped.await;
@@ -90,6 +92,7 @@ pub async fn start_server_in(state: tempfile::TempDir, config: ServerConfig) -> 
         addr,
         url: format!("http://{addr}"),
         state,
+        relay,
         stop: Some(stop),
         task: Background(Some(task)),
     }
