@@ -529,7 +529,7 @@ async fn unknown_and_offline_channels_get_404_and_503() {
         assert_eq!(response.status(), 404);
 
         let issued: serde_json::Value = http
-            .get(format!("{}/new", server.url))
+            .get(format!("{}/new?offline=reject", server.url))
             .send()
             .await
             .unwrap()
@@ -550,6 +550,12 @@ async fn unknown_and_offline_channels_get_404_and_503() {
         assert!(response.headers().contains_key("retry-after"));
         let error: serde_json::Value = response.json().await.unwrap();
         assert_eq!(error["error"], "no client is attached to this channel");
+        let bad = http
+            .get(format!("{}/new?offline=maybe", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400);
 
         let health: serde_json::Value = http
             .get(format!("{}/healthz", server.url))
