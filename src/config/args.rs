@@ -153,4 +153,6 @@ pub enum ClientCommand {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
         listen: String,
     },
+    /// Show each profile of the running client: its webhook URL, target and whether it is attached
+    Status,
 }
