@@ -17,8 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -177,8 +176,12 @@ pub fn signals(controls: mpsc::UnboundedSender<Control>) -> anyhow::Result<()> {
 /// a reload when a relevant file changes. Folders, not files, are watched:
 /// an editor's atomic-rename save replaces the file a file watch would
 /// follow, and a new drop-in file only shows in its folder.
+///
+/// Events are debounced here rather than with `notify-debouncer-mini`,
+/// which drops the event kind: inotify reports every open and read of a
+/// file, and the reload's own reads would otherwise trigger the next reload.
 pub struct Watcher {
-    debouncer: Debouncer<RecommendedWatcher>,
+    watcher: RecommendedWatcher,
     watched: BTreeSet<PathBuf>,
     relevant: Arc<Mutex<WatchSet>>,
 }
@@ -192,7 +195,8 @@ impl fmt::Debug for Watcher {
 }
 
 impl Watcher {
-    /// Starts watching what `set` names.
+    /// Starts watching what `set` names. Must be called within a Tokio
+    /// runtime (the debouncing task runs on it).
     ///
     /// # Errors
     ///
@@ -200,21 +204,24 @@ impl Watcher {
     pub fn new(set: &WatchSet, controls: mpsc::UnboundedSender<Control>) -> anyhow::Result<Self> {
         let relevant = Arc::new(Mutex::new(set.clone()));
         let filter = relevant.clone();
-        let debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
-            Ok(events) => {
-                let paths: Vec<PathBuf> = events
-                    .into_iter()
-                    .map(|event| event.path)
-                    .filter(|path| filter.lock().map_or(true, |set| set.is_relevant(path)))
-                    .collect();
-                if !paths.is_empty() {
-                    let _closed = controls.send(Control::Reload(Trigger::Files(paths)));
+        let (changes, changed) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+            match result {
+                // Opening and reading a file changes nothing.
+                Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
+                Ok(event) => {
+                    for path in event.paths {
+                        if filter.lock().map_or(true, |set| set.is_relevant(&path)) {
+                            let _closed = changes.send(path);
+                        }
+                    }
                 }
+                Err(error) => warn!(error = %error, "configuration watcher failed"),
             }
-            Err(error) => warn!(error = %error, "configuration watcher failed"),
         })?;
+        tokio::spawn(debounce(changed, controls));
         let mut watcher = Watcher {
-            debouncer,
+            watcher,
             watched: BTreeSet::new(),
             relevant,
         };
@@ -230,15 +237,11 @@ impl Watcher {
         }
         let wanted = set.directories();
         for gone in self.watched.difference(&wanted) {
-            let _already_gone = self.debouncer.watcher().unwatch(gone);
+            let _already_gone = self.watcher.unwatch(gone);
         }
         let mut watched = BTreeSet::new();
         for dir in wanted {
-            match self
-                .debouncer
-                .watcher()
-                .watch(&dir, RecursiveMode::NonRecursive)
-            {
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     watched.insert(dir);
                 }
@@ -248,6 +251,35 @@ impl Watcher {
             }
         }
         self.watched = watched;
+    }
+}
+
+/// Turns a burst of changed paths into one reload, [`DEBOUNCE`] after the
+/// first; ends when the watcher is dropped.
+async fn debounce(
+    mut changed: mpsc::UnboundedReceiver<PathBuf>,
+    controls: mpsc::UnboundedSender<Control>,
+) {
+    while let Some(first) = changed.recv().await {
+        let mut paths = vec![first];
+        let settled = tokio::time::sleep(DEBOUNCE);
+        tokio::pin!(settled);
+        loop {
+            tokio::select! {
+                () = &mut settled => break,
+                path = changed.recv() => match path {
+                    Some(path) if !paths.contains(&path) => paths.push(path),
+                    Some(_) => {}
+                    None => return,
+                },
+            }
+        }
+        if controls
+            .send(Control::Reload(Trigger::Files(paths)))
+            .is_err()
+        {
+            return;
+        }
     }
 }
 
