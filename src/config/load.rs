@@ -248,27 +248,11 @@ fn validate_server(
         listen.set_port(port);
         origins.record("listen", flag_rank, Origin::Flag("port".to_owned()));
     }
-    let limits = raw.limits.unwrap_or_default();
-    let channels = raw.channels.unwrap_or_default();
-    let auth = raw.auth.unwrap_or_default();
-    let cluster = raw.cluster.unwrap_or_default();
-    let (dl, dc, da, dk) = (
-        defaults.limits,
-        defaults.channels,
-        defaults.auth,
-        defaults.cluster,
-    );
-    for path in [
-        &auth.github_client_secret_file,
-        &auth.jwt_secret_file,
-        &cluster.secret_file,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        watch.add_file(path);
-    }
-
+    let mut secrets = Secrets {
+        origins: &mut origins,
+        problems: &mut problems,
+        watch: &mut watch,
+    };
     let config = ServerConfig {
         listen,
         public_url: raw.public_url.and_then(|text| text.0.0),
@@ -278,68 +262,12 @@ fn validate_server(
         trusted_proxies: raw
             .trusted_proxies
             .map_or(defaults.trusted_proxies, |list| list.0),
-        limits: Limits {
-            max_body: size(limits.max_body, dl.max_body),
-            request_timeout: duration(limits.request_timeout, dl.request_timeout),
-            header_timeout: duration(limits.header_timeout, dl.header_timeout),
-            max_header_bytes: size(limits.max_header_bytes, dl.max_header_bytes),
-            drain_timeout: duration(limits.drain_timeout, dl.drain_timeout),
-            max_channels: limits.max_channels.unwrap_or(dl.max_channels),
-        },
-        channels: Channels {
-            cleanup_interval: duration(channels.cleanup_interval, dc.cleanup_interval),
-            idle_ttl: duration(channels.idle_ttl, dc.idle_ttl),
-            offline: channels.offline.map_or(dc.offline, |text| text.0),
-            queue_max: channels.queue_max.unwrap_or(dc.queue_max),
-            queue_max_bytes: size(channels.queue_max_bytes, dc.queue_max_bytes),
-            queue_ttl: duration(channels.queue_ttl, dc.queue_ttl),
-        },
-        auth: Auth {
-            github_client_id: text(auth.github_client_id, &da.github_client_id),
-            github_client_secret: secret(
-                auth.github_client_secret,
-                auth.github_client_secret_file,
-                "auth.github_client_secret",
-                &mut origins,
-                &mut problems,
-            ),
-            github_org: text(auth.github_org, &da.github_org),
-            jwt_secret: secret(
-                auth.jwt_secret,
-                auth.jwt_secret_file,
-                "auth.jwt_secret",
-                &mut origins,
-                &mut problems,
-            ),
-            github_url: auth
-                .github_url
-                .and_then(|text| text.0.0)
-                .unwrap_or(da.github_url),
-            github_api_url: auth
-                .github_api_url
-                .and_then(|text| text.0.0)
-                .unwrap_or(da.github_api_url),
-            session_ttl: duration(auth.session_ttl, da.session_ttl),
-            channel_ttl: duration(auth.channel_ttl, da.channel_ttl),
-        },
-        cluster: Cluster {
-            peer_domain: text(cluster.peer_domain, &dk.peer_domain),
-            peers: cluster.peers.map_or(dk.peers, |list| {
-                list.0.into_iter().map(|peer| peer.0).collect()
-            }),
-            bind_addr: text(cluster.bind_addr, &dk.bind_addr),
-            memberlist_port: cluster.memberlist_port.unwrap_or(dk.memberlist_port),
-            sync_interval: duration(cluster.sync_interval, dk.sync_interval),
-            advertise_addr: text(cluster.advertise_addr, &dk.advertise_addr),
-            secret: secret(
-                cluster.secret,
-                cluster.secret_file,
-                "cluster.secret",
-                &mut origins,
-                &mut problems,
-            ),
-        },
+        limits: limits(raw.limits.unwrap_or_default()),
+        channels: channels(raw.channels.unwrap_or_default()),
+        auth: auth(raw.auth.unwrap_or_default(), &mut secrets),
+        cluster: cluster(raw.cluster.unwrap_or_default(), &mut secrets),
     };
+
     check_server_rules(&config, &origins, &mut problems);
     if problems.is_empty() {
         Ok(Loaded {
@@ -349,6 +277,82 @@ fn validate_server(
         })
     } else {
         Err(ConfigErrors(problems))
+    }
+}
+
+/// What resolving a secret records: its origin, its problems, its file.
+struct Secrets<'a> {
+    origins: &'a mut Origins,
+    problems: &'a mut Vec<String>,
+    watch: &'a mut WatchSet,
+}
+
+impl Secrets<'_> {
+    fn resolve(&mut self, value: Option<String>, file: Option<String>, key: &str) -> Secret {
+        if let Some(path) = &file {
+            self.watch.add_file(path);
+        }
+        secret(value, file, key, self.origins, self.problems)
+    }
+}
+
+fn limits(raw: super::raw::RawLimits) -> Limits {
+    let defaults = Limits::default();
+    Limits {
+        max_body: size(raw.max_body, defaults.max_body),
+        request_timeout: duration(raw.request_timeout, defaults.request_timeout),
+        header_timeout: duration(raw.header_timeout, defaults.header_timeout),
+        max_header_bytes: size(raw.max_header_bytes, defaults.max_header_bytes),
+        drain_timeout: duration(raw.drain_timeout, defaults.drain_timeout),
+        max_channels: raw.max_channels.unwrap_or(defaults.max_channels),
+    }
+}
+
+fn channels(raw: super::raw::RawChannels) -> Channels {
+    let defaults = Channels::default();
+    Channels {
+        cleanup_interval: duration(raw.cleanup_interval, defaults.cleanup_interval),
+        idle_ttl: duration(raw.idle_ttl, defaults.idle_ttl),
+        offline: raw.offline.map_or(defaults.offline, |text| text.0),
+        queue_max: raw.queue_max.unwrap_or(defaults.queue_max),
+        queue_max_bytes: size(raw.queue_max_bytes, defaults.queue_max_bytes),
+        queue_ttl: duration(raw.queue_ttl, defaults.queue_ttl),
+    }
+}
+
+fn auth(raw: super::raw::RawAuth, secrets: &mut Secrets<'_>) -> Auth {
+    let defaults = Auth::default();
+    let url = |value: Option<Text<super::raw::MaybeUrl>>, default: String| {
+        value.and_then(|text| text.0.0).unwrap_or(default)
+    };
+    Auth {
+        github_client_id: text(raw.github_client_id, &defaults.github_client_id),
+        github_client_secret: secrets.resolve(
+            raw.github_client_secret,
+            raw.github_client_secret_file,
+            "auth.github_client_secret",
+        ),
+        github_org: text(raw.github_org, &defaults.github_org),
+        jwt_secret: secrets.resolve(raw.jwt_secret, raw.jwt_secret_file, "auth.jwt_secret"),
+        github_url: url(raw.github_url, defaults.github_url),
+        github_api_url: url(raw.github_api_url, defaults.github_api_url),
+        session_ttl: duration(raw.session_ttl, defaults.session_ttl),
+        channel_ttl: duration(raw.channel_ttl, defaults.channel_ttl),
+    }
+}
+
+fn cluster(raw: super::raw::RawCluster, secrets: &mut Secrets<'_>) -> Cluster {
+    let defaults = Cluster::default();
+    Cluster {
+        peer_domain: text(raw.peer_domain, &defaults.peer_domain),
+        peers: raw.peers.map_or(defaults.peers, |list| {
+            list.0.into_iter().map(|peer| peer.0).collect()
+        }),
+        bind_addr: text(raw.bind_addr, &defaults.bind_addr),
+        memberlist_port: raw.memberlist_port.unwrap_or(defaults.memberlist_port),
+        sync_interval: duration(raw.sync_interval, defaults.sync_interval),
+        advertise_addr: text(raw.advertise_addr, &defaults.advertise_addr),
+        secret: secrets.resolve(raw.secret, raw.secret_file, "cluster.secret"),
     }
 }
 
