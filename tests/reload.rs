@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use wow::client::{Client, ClientError, Event, StatusBoard};
 use wow::config::args::{ClientArgs, ServerArgs};
-use wow::config::{EnvVars, load};
+use wow::config::{EnvVars, OfflinePolicy, load};
 use wow::reload::{ClientReload, Control, Controller, Outcome, ServerReload, Trigger, Watcher};
 use wow::server::Server;
 
@@ -277,7 +277,8 @@ async fn a_changed_target_takes_the_next_request_without_a_failure_or_a_reconnec
 #[tokio::test]
 async fn saving_files_adds_and_removes_profiles() {
     within(STEP * 3, async {
-        let server = start_server(|_| {}).await;
+        // Webhooks to a detached channel are refused, not queued.
+        let server = start_server(|config| config.channels.offline = OfflinePolicy::Reject).await;
         let mut a = start_app(|_| Reply::new(200, "a")).await;
         let mut c = start_app(|_| Reply::new(200, "c")).await;
         let dir = tempfile::tempdir().unwrap();
