@@ -1,6 +1,7 @@
 //! Configuration as users write it: every key optional, unknown keys
 //! refused, every value checked as it is read so that a bad one is reported
-//! with the file and key it came from.
+//! with the file and key it came from. Each field is the key of SPEC §2 of
+//! the same name; `load` turns these into the validated types.
 
 use std::collections::BTreeMap;
 use std::fmt;
