@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 use crate::config::{LogFormat, LogLevel};
 
@@ -30,13 +30,30 @@ pub fn log_filter(level: LogLevel) -> EnvFilter {
     EnvFilter::new(directives)
 }
 
-/// Sends logs to stderr in the chosen format.
+/// Changes the level of the installed logger while the daemon runs (a
+/// reload that changes `log_level`).
+#[derive(Debug, Clone)]
+pub struct LogHandle(reload::Handle<EnvFilter, Registry>);
+
+impl LogHandle {
+    /// Logs at `level` from now on.
+    ///
+    /// # Errors
+    ///
+    /// When the logger is gone.
+    pub fn set_level(&self, level: LogLevel) -> anyhow::Result<()> {
+        Ok(self.0.reload(log_filter(level))?)
+    }
+}
+
+/// Sends logs to stderr in the chosen format; the returned handle changes
+/// the level later.
 ///
 /// # Errors
 ///
 /// When a global subscriber is already installed.
-pub fn init_logging(level: LogLevel, format: LogFormat) -> anyhow::Result<()> {
-    let filter = log_filter(level);
+pub fn init_logging(level: LogLevel, format: LogFormat) -> anyhow::Result<LogHandle> {
+    let (filter, handle) = reload::Layer::new(log_filter(level));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => registry
@@ -50,7 +67,7 @@ pub fn init_logging(level: LogLevel, format: LogFormat) -> anyhow::Result<()> {
             )
             .try_init()?,
     }
-    Ok(())
+    Ok(LogHandle(handle))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

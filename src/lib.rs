@@ -12,7 +12,8 @@
 //! - [`client`]: the agent: tunnels per profile, forwarding to the local app.
 //! - [`headers`]: which headers cross the tunnel.
 //! - [`idle`]: timeouts that count from the last progress of a body.
-//! - [`config`]: the validated configuration and its units.
+//! - [`config`]: the configuration's layers, validation and units.
+//! - [`reload`]: SIGHUP and file-watch reloads through one control channel.
 //! - [`daemon`]: logging set-up and signals.
 //! - [`files`]: private files in a state dir.
 //! - [`Secret`]: values that never print.
@@ -25,6 +26,7 @@ pub mod headers;
 pub mod idle;
 pub mod link;
 pub mod protocol;
+pub mod reload;
 mod secret;
 pub mod server;
 

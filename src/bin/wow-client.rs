@@ -1,4 +1,5 @@
-//! `wow-client`: parse flags, load the configuration, set up logging, run.
+//! `wow-client`: parse flags, load the configuration, set up logging, run
+//! every profile, reloading on SIGHUP and when a configuration file changes.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -6,11 +7,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use wow::client::{Client, StateDir};
+use wow::client::{Client, StateDir, status_file};
 use wow::config::args::{ClientArgs, ClientCommand};
+use wow::config::{ClientConfig, ConfigErrors, EnvVars, Loaded, load, print};
+use wow::daemon::LogHandle;
+use wow::reload::{ClientReload, Controller, Watcher};
 
 fn main() -> ExitCode {
     let args = ClientArgs::parse();
+    let env = EnvVars::from_process();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -18,62 +23,111 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(ClientCommand::Echo { listen }) = &args.command {
-        return runtime.block_on(echo(listen));
+    match &args.command {
+        Some(ClientCommand::Echo { listen }) => return runtime.block_on(echo(listen)),
+        Some(ClientCommand::Status) => return status(&args, &env),
+        None => {}
     }
 
-    let config = match wow::config::load::client(&args) {
-        Ok(config) => config,
-        Err(errors) => {
-            for error in &errors.0 {
-                eprintln!("error: {error}");
-            }
-            return ExitCode::from(2);
-        }
+    let loaded = match load::client(&args, &env) {
+        Ok(loaded) => loaded,
+        Err(errors) => return config_errors(&errors),
     };
-    if args.common.check_config {
+    if args.common.print_config {
+        let entries = print::client_entries(&loaded.config);
+        print!("{}", print::render(&entries, &loaded.origins));
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = wow::daemon::init_logging(config.log_level, config.log_format) {
-        eprintln!("error: cannot set up logging: {error:#}");
-        return ExitCode::from(1);
+    if args.common.check_config {
+        eprintln!("configuration is valid");
+        return ExitCode::SUCCESS;
     }
+    let log = match wow::daemon::init_logging(loaded.config.log_level, loaded.config.log_format) {
+        Ok(log) => log,
+        Err(error) => {
+            eprintln!("error: cannot set up logging: {error:#}");
+            return ExitCode::from(1);
+        }
+    };
     if args.reset_channel {
-        let state = StateDir::new(&config.state_dir);
-        for profile in &config.profiles {
+        let state = StateDir::new(&loaded.config.state_dir);
+        for profile in &loaded.config.profiles {
             if let Err(error) = state.forget_channel(&profile.name, &profile.server_url) {
                 eprintln!("error: {error:#}");
                 return ExitCode::from(1);
             }
         }
     }
+    runtime.block_on(run(args, env, loaded, log))
+}
 
-    runtime.block_on(async move {
-        let (events, mut printed) = mpsc::unbounded_channel();
-        let printer = tokio::spawn(async move {
-            while let Some(event) = printed.recv().await {
-                let mut stdout = std::io::stdout().lock();
-                // stdout closed (a pipe reader went away): keep serving.
-                let _ = writeln!(stdout, "{event}").and_then(|()| stdout.flush());
-            }
-        });
-        let shutdown = match wow::daemon::shutdown_signal() {
-            Ok(shutdown) => shutdown,
-            Err(error) => {
-                eprintln!("error: cannot install signal handlers: {error}");
-                return ExitCode::from(1);
-            }
-        };
-        let result = Client::new(config, events).run(shutdown).await;
-        let _ = printer.await;
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::from(error.exit_code())
-            }
+/// Prints every configuration problem on its own line; exit code 2.
+fn config_errors(errors: &ConfigErrors) -> ExitCode {
+    for error in &errors.0 {
+        eprintln!("error: {error}");
+    }
+    ExitCode::from(2)
+}
+
+async fn run(
+    args: ClientArgs,
+    env: EnvVars,
+    loaded: Loaded<ClientConfig>,
+    log: LogHandle,
+) -> ExitCode {
+    let (events, mut printed) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        while let Some(event) = printed.recv().await {
+            let mut stdout = std::io::stdout().lock();
+            // stdout closed (a pipe reader went away): keep serving.
+            let _ = writeln!(stdout, "{event}").and_then(|()| stdout.flush());
         }
-    })
+    });
+    // SIGHUP, SIGTERM and the file watcher all reach one control task,
+    // which is also what tells the client to stop.
+    let (controls, receiver) = mpsc::unbounded_channel();
+    if let Err(error) = wow::reload::signals(controls.clone()) {
+        eprintln!("error: cannot install signal handlers: {error}");
+        return ExitCode::from(1);
+    }
+    let client = Client::new(loaded.config.clone(), events);
+    let watcher = Watcher::new(&loaded.watch, controls);
+    let reload = ClientReload::new(client.updates(), args, env, loaded, Some(log));
+    let mut controller = Controller::new(reload, receiver);
+    match watcher {
+        Ok(watcher) => controller = controller.with_watcher(watcher),
+        Err(error) => tracing::warn!(
+            error = format!("{error:#}"),
+            "cannot watch the configuration: reload with SIGHUP"
+        ),
+    }
+    let result = client.run(controller.run()).await;
+    let _ = printer.await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// `wow-client status`: the profiles of the client running on this state dir.
+fn status(args: &ClientArgs, env: &EnvVars) -> ExitCode {
+    let state_dir = match load::client_state_dir(args, env) {
+        Ok(dir) => dir,
+        Err(errors) => return config_errors(&errors),
+    };
+    match status_file::read_status(&state_dir) {
+        Ok(status) => {
+            print!("{}", status_file::render_status(&status));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn echo(listen: &str) -> ExitCode {

@@ -5,6 +5,13 @@
 //! resolves; then each finishes its in-flight deliveries and closes its
 //! WebSocket. What the user sees on stdout arrives as [`Event`]s on the
 //! channel given to [`Client::new`].
+//!
+//! A reload reaches a running client through [`ConfigUpdates`]: each
+//! profile runs in a slot that holds it in a `watch` channel. A new target
+//! or timeout is read by the next request without a reconnect; a new
+//! server, token, TLS setting or offline policy restarts only that tunnel
+//! (in-flight deliveries finish first); added profiles start and removed
+//! ones detach.
 
 pub mod echo;
 pub mod forward;
@@ -12,16 +19,20 @@ pub mod output;
 mod session;
 pub mod state;
 pub mod status;
+pub mod status_file;
 mod target;
 mod tls;
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Profile};
 
 pub use self::forward::Forwarder;
 pub use self::output::{Delivery, Event};
@@ -60,16 +71,47 @@ impl ClientError {
 /// A configured client, ready to run.
 #[derive(Debug)]
 pub struct Client {
-    config: ClientConfig,
+    config: watch::Receiver<Arc<ClientConfig>>,
+    updates: ConfigUpdates,
     events: mpsc::UnboundedSender<Event>,
     status: StatusBoard,
+}
+
+/// Puts a reloaded configuration in force in a running [`Client`].
+#[derive(Debug, Clone)]
+pub struct ConfigUpdates(watch::Sender<Arc<ClientConfig>>);
+
+impl ConfigUpdates {
+    /// Replaces the configuration; the client applies the difference.
+    pub fn apply(&self, config: ClientConfig) {
+        self.0.send_replace(Arc::new(config));
+    }
+}
+
+/// What every tunnel of a client shares.
+#[derive(Debug, Clone)]
+struct Shared {
+    state: StateDir,
+    forwarder: Forwarder,
+    events: mpsc::UnboundedSender<Event>,
+    status: StatusBoard,
+}
+
+/// A running profile: its live settings, how to stop it, and a token that
+/// fires once it has fully stopped.
+struct Slot {
+    profile: watch::Sender<Arc<Profile>>,
+    stop: CancellationToken,
+    finished: CancellationToken,
 }
 
 impl Client {
     /// A client for `config` that reports to `events`.
     pub fn new(config: ClientConfig, events: mpsc::UnboundedSender<Event>) -> Self {
+        let (updates, config) = watch::channel(Arc::new(config));
         Client {
             config,
+            updates: ConfigUpdates(updates),
             events,
             status: StatusBoard::new(),
         }
@@ -80,44 +122,185 @@ impl Client {
         self.status.clone()
     }
 
-    /// Runs every profile until `shutdown`, or until one is refused for good.
+    /// The handle a reload uses to change the running profiles.
+    pub fn updates(&self) -> ConfigUpdates {
+        self.updates.clone()
+    }
+
+    /// Runs every profile until `shutdown`, or until one is refused for
+    /// good, following configuration updates meanwhile.
     ///
     /// # Errors
     ///
     /// The first profile failure that retrying cannot fix.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
-        if self.config.profiles.is_empty() {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+        let initial = self.config.borrow_and_update().clone();
+        if initial.profiles.is_empty() {
             return Err(ClientError::Config(
                 "no profile to run: pass --server-url and --target-url, or configure [profiles.NAME]".to_owned(),
             ));
         }
-        let forwarder = Forwarder::new();
-        let state = StateDir::new(&self.config.state_dir);
+        let shared = Shared {
+            state: StateDir::new(&initial.state_dir),
+            forwarder: Forwarder::new(),
+            events: self.events.clone(),
+            status: self.status.clone(),
+        };
         let stop = CancellationToken::new();
-        let mut tunnels = JoinSet::new();
-        for profile in self.config.profiles {
-            let tunnel = Tunnel::new(
-                profile,
-                state.clone(),
-                forwarder.clone(),
-                self.events.clone(),
-                self.status.clone(),
-            )?;
-            tunnels.spawn(tunnel.run(stop.child_token()));
-        }
+        tokio::spawn(status_file::keep_status_file(
+            self.status.clone(),
+            initial.state_dir.clone(),
+            stop.clone(),
+        ));
+        let mut supervisor = Supervisor {
+            shared,
+            stop: stop.clone(),
+            slots: BTreeMap::new(),
+            retiring: BTreeMap::new(),
+            tunnels: JoinSet::new(),
+        };
+        supervisor.apply(&initial.profiles);
 
-        let failure = tokio::select! {
-            () = shutdown => None,
-            Some(ended) = tunnels.join_next() => Some(flatten(ended)),
+        tokio::pin!(shutdown);
+        let failure = loop {
+            tokio::select! {
+                () = &mut shutdown => break None,
+                Ok(()) = self.config.changed() => {
+                    let config = self.config.borrow_and_update().clone();
+                    supervisor.apply(&config.profiles);
+                }
+                Some(ended) = supervisor.tunnels.join_next() => {
+                    if let Err(error) = flatten(ended) {
+                        break Some(error);
+                    }
+                }
+            }
         };
         stop.cancel();
-        let mut first_error = failure.and_then(Result::err);
-        while let Some(ended) = tunnels.join_next().await {
+        supervisor.finish(failure).await
+    }
+}
+
+/// The running profiles and their tasks.
+struct Supervisor {
+    shared: Shared,
+    stop: CancellationToken,
+    slots: BTreeMap<String, Slot>,
+    /// Removed profiles still draining, so that one added back waits for them.
+    retiring: BTreeMap<String, CancellationToken>,
+    tunnels: JoinSet<Result<(), ClientError>>,
+}
+
+impl Supervisor {
+    /// Makes the running profiles those of `profiles`.
+    fn apply(&mut self, profiles: &[Profile]) {
+        let removed: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|name| !profiles.iter().any(|profile| &profile.name == *name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(slot) = self.slots.remove(&name) {
+                debug!(profile = %name, "profile removed: detaching");
+                slot.stop.cancel();
+                self.retiring.insert(name, slot.finished);
+            }
+        }
+        self.retiring.retain(|_, finished| !finished.is_cancelled());
+
+        for profile in profiles {
+            match self.slots.get(&profile.name) {
+                Some(slot) if **slot.profile.borrow() == *profile => {}
+                Some(slot) => {
+                    slot.profile.send_replace(Arc::new(profile.clone()));
+                }
+                None => self.start(profile.clone()),
+            }
+        }
+    }
+
+    fn start(&mut self, profile: Profile) {
+        let name = profile.name.clone();
+        let (sender, receiver) = watch::channel(Arc::new(profile));
+        let stop = self.stop.child_token();
+        let finished = CancellationToken::new();
+        let after = self.retiring.remove(&name);
+        let span = tracing::info_span!("profile", profile = %name);
+        let task = supervise(receiver, stop.clone(), self.shared.clone(), after);
+        let done = finished.clone();
+        self.tunnels.spawn(
+            async move {
+                let _finished = done.drop_guard();
+                task.await
+            }
+            .instrument(span),
+        );
+        self.slots.insert(
+            name,
+            Slot {
+                profile: sender,
+                stop,
+                finished,
+            },
+        );
+    }
+
+    /// Waits for every tunnel to drain after a stop.
+    async fn finish(mut self, failure: Option<ClientError>) -> Result<(), ClientError> {
+        let mut first_error = failure;
+        while let Some(ended) = self.tunnels.join_next().await {
             if let Err(error) = flatten(ended) {
                 first_error.get_or_insert(error);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Runs one profile's tunnel, restarting it when a change needs a new
+/// connection, until the slot is stopped or the server refuses it.
+async fn supervise(
+    mut profile: watch::Receiver<Arc<Profile>>,
+    stop: CancellationToken,
+    shared: Shared,
+    after: Option<CancellationToken>,
+) -> Result<(), ClientError> {
+    // A profile removed and added back starts once its old tunnel is gone.
+    if let Some(previous) = after {
+        previous.cancelled().await;
+    }
+    loop {
+        let connected = profile.borrow_and_update().clone();
+        let generation = stop.child_token();
+        let tunnel = Tunnel::live(
+            profile.clone(),
+            shared.state.clone(),
+            shared.forwarder.clone(),
+            shared.events.clone(),
+            shared.status.clone(),
+        )?;
+        let running = tunnel.run(generation.clone());
+        tokio::pin!(running);
+        loop {
+            tokio::select! {
+                result = &mut running => return result,
+                changed = profile.changed() => {
+                    if changed.is_err() {
+                        return running.await;
+                    }
+                    let next = profile.borrow_and_update().clone();
+                    if connected.needs_reconnect(&next) {
+                        break;
+                    }
+                    shared.status.update(&next.name, |entry| entry.target = next.target.to_string());
+                    debug!(target_url = %next.target, "profile changed: the next request uses it");
+                }
+            }
+        }
+        debug!("profile changed: reconnecting with the new settings");
+        generation.cancel();
+        running.await?;
     }
 }
 

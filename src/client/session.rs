@@ -11,7 +11,7 @@ use http::header::{AUTHORIZATION, HeaderValue, SEC_WEBSOCKET_PROTOCOL, USER_AGEN
 use hyper_util::client::proxy::matcher::Matcher;
 use rand::Rng;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -48,7 +48,11 @@ const MAX_MESSAGE: usize = 16 << 20;
 /// A profile's tunnel and everything it needs.
 #[derive(Debug, Clone)]
 pub struct Tunnel {
+    /// The profile as the tunnel connected with (server, token, TLS).
     profile: Arc<Profile>,
+    /// The profile as configured now: each request reads its target and
+    /// timeout here, so a reload reaches the next request without a reconnect.
+    live: watch::Receiver<Arc<Profile>>,
     state: StateDir,
     http: reqwest::Client,
     forwarder: Forwarder,
@@ -105,6 +109,24 @@ impl Tunnel {
         events: mpsc::UnboundedSender<Event>,
         status: StatusBoard,
     ) -> Result<Self, ClientError> {
+        let (_fixed, live) = watch::channel(Arc::new(profile));
+        Tunnel::live(live, state, forwarder, events, status)
+    }
+
+    /// A tunnel that connects with the profile `live` holds now and reads
+    /// each request's target and timeout from it as it changes.
+    ///
+    /// # Errors
+    ///
+    /// When the HTTP client for the server cannot be built.
+    pub fn live(
+        live: watch::Receiver<Arc<Profile>>,
+        state: StateDir,
+        forwarder: Forwarder,
+        events: mpsc::UnboundedSender<Event>,
+        status: StatusBoard,
+    ) -> Result<Self, ClientError> {
+        let profile = live.borrow().clone();
         let http = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(profile.insecure)
             .user_agent(concat!("wow-client/", env!("CARGO_PKG_VERSION")))
@@ -115,7 +137,8 @@ impl Tunnel {
                 ClientError::Runtime(format!("cannot build the HTTP client: {error}"))
             })?;
         Ok(Tunnel {
-            profile: Arc::new(profile),
+            profile,
+            live,
             state,
             http,
             forwarder,
@@ -142,7 +165,7 @@ impl Tunnel {
                 state: TunnelState::Starting,
                 server_url: self.profile.server_url.clone(),
                 webhook_url: None,
-                target: self.profile.target.to_string(),
+                target: self.live.borrow().target.to_string(),
             },
         );
         let result = self.run_inner(shutdown).instrument(span).await;
@@ -267,7 +290,7 @@ impl Tunnel {
         let _closed = self.events.send(Event::Attached {
             profile: self.profile.name.clone(),
             webhook_url: channel.webhook_url.clone(),
-            target: self.profile.target.to_string(),
+            target: self.live.borrow().target.to_string(),
         });
         Ok(Progress::Served(self.serve(socket, shutdown).await))
     }
@@ -367,7 +390,7 @@ impl Tunnel {
             }
             let tunnel = self.clone();
             tasks.spawn(async move {
-                let profile = &tunnel.profile;
+                let profile = tunnel.live.borrow().clone();
                 let delivery = tunnel
                     .forwarder
                     .forward(&profile.name, &profile.target, profile.timeout, incoming)

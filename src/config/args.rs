@@ -10,15 +10,15 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Clone, Default, Args)]
 pub struct CommonArgs {
     /// Read this file instead of the system and user files (repeatable; later wins)
-    #[arg(long = "config", value_name = "FILE")]
+    #[arg(long = "config", value_name = "FILE", global = true)]
     pub config: Vec<PathBuf>,
 
     /// The system config folder [env: WOW_CONFIG_DIR] [default: /etc/wow]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub config_dir: Option<PathBuf>,
 
     /// Where durable state lives (channels, tokens, queues)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub state_dir: Option<String>,
 
     /// error, warn, info, debug or trace [default: info]
@@ -153,4 +153,6 @@ pub enum ClientCommand {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
         listen: String,
     },
+    /// Show each profile of the running client: its webhook URL, target and whether it is attached
+    Status,
 }

@@ -44,3 +44,15 @@ pub struct Profile {
     /// `None`: the server's default.
     pub offline: Option<OfflinePolicy>,
 }
+
+impl Profile {
+    /// Whether moving from `self` to `next` needs a new connection: the
+    /// server, the token, TLS checking or the offline policy changed. A new
+    /// target or timeout does not; the next request uses it.
+    pub fn needs_reconnect(&self, next: &Profile) -> bool {
+        self.server_url != next.server_url
+            || self.token != next.token
+            || self.insecure != next.insecure
+            || self.offline != next.offline
+    }
+}

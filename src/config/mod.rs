@@ -1,9 +1,15 @@
-//! Configuration: the validated settings both binaries run with, and the
-//! units users write them in.
+//! Configuration: the validated settings both binaries run with, the
+//! layers they are read from, and the units users write them in.
+//!
+//! [`load`] reads and checks every layer (SPEC §2) into [`ServerConfig`]
+//! or [`ClientConfig`]; [`print`] writes the result back as TOML.
 
 pub mod args;
 mod client;
+mod layers;
 pub mod load;
+pub mod print;
+mod raw;
 mod server;
 mod units;
 
@@ -11,7 +17,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use client::{ClientConfig, DEFAULT_PROFILE, Profile};
-pub use load::ConfigErrors;
+pub use load::{ConfigErrors, EnvVars, Loaded, Origin, Origins, WatchSet};
 pub use server::{Auth, Channels, Cluster, Limits, ServerConfig};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 

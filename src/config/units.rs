@@ -24,12 +24,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     })
 }
 
-/// Writes a duration the way a user would: `7s`, `5m`, `168h`, `1h 30m`.
+/// Writes a duration the way a user would, in the largest of hours,
+/// minutes, seconds and milliseconds that holds it exactly: `7s`, `5m`,
+/// `168h`, `90m`, `1500ms`.
 pub fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    let whole = duration.subsec_nanos() == 0;
     if duration.is_zero() {
-        return "0s".to_owned();
+        "0s".to_owned()
+    } else if whole && seconds.is_multiple_of(3600) {
+        format!("{}h", seconds / 3600)
+    } else if whole && seconds.is_multiple_of(60) {
+        format!("{}m", seconds / 60)
+    } else if whole {
+        format!("{seconds}s")
+    } else if duration.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        humantime::format_duration(duration).to_string()
     }
-    humantime::format_duration(duration).to_string()
 }
 
 /// Reads a size such as `512KiB`, `25MiB`, `1GiB`, `10MB` or a plain number of bytes.
@@ -79,6 +92,9 @@ mod tests {
             );
         }
         assert_eq!(format_duration(Duration::from_secs(7)), "7s");
+        assert_eq!(format_duration(Duration::from_secs(8760 * 3600)), "8760h");
+        assert_eq!(format_duration(Duration::from_secs(90 * 60)), "90m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("").is_err());
     }

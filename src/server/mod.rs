@@ -187,6 +187,12 @@ impl Relay {
         self.config.load_full()
     }
 
+    /// Puts a reloaded configuration in force: requests that start from now
+    /// on read it; those in flight keep the one they started with.
+    pub fn set_config(&self, config: ServerConfig) {
+        self.config.store(Arc::new(config));
+    }
+
     /// The channel registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
