@@ -16,6 +16,7 @@
 //! - [`reload`]: SIGHUP and file-watch reloads through one control channel.
 //! - [`daemon`]: logging set-up and signals.
 //! - [`files`]: private files in a state dir.
+//! - [`telemetry`]: Prometheus metrics: names, recorder, rendering.
 //! - [`Secret`]: values that never print.
 
 pub mod client;
@@ -29,5 +30,6 @@ pub mod protocol;
 pub mod reload;
 mod secret;
 pub mod server;
+pub mod telemetry;
 
 pub use secret::Secret;

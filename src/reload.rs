@@ -46,7 +46,13 @@ const SERVER_RESTART_KEYS: [&str; 8] = [
 ];
 
 /// Client keys that only change on restart.
-const CLIENT_RESTART_KEYS: [&str; 3] = ["state_dir", "log_format", "history_max"];
+const CLIENT_RESTART_KEYS: [&str; 5] = [
+    "state_dir",
+    "log_format",
+    "history_max",
+    "history_body_max",
+    "metrics_listen",
+];
 
 /// What the control task is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -470,6 +476,8 @@ impl Reloadable for ClientReload {
         config.state_dir = old.state_dir.clone();
         config.log_format = old.log_format;
         config.history_max = old.history_max;
+        config.history_body_max = old.history_body_max;
+        config.metrics_listen = old.metrics_listen;
         if live.iter().any(|key| key == "log_level") {
             set_log_level(self.log.as_ref(), config.log_level);
         }
@@ -558,6 +566,8 @@ mod tests {
             log_level: crate::config::LogLevel::Info,
             log_format: crate::config::LogFormat::Text,
             history_max: 10,
+            history_body_max: 1 << 20,
+            metrics_listen: None,
             profiles,
         };
         let old = config(vec![profile("a", "http://x"), profile("b", "http://x")]);

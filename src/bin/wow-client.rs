@@ -8,6 +8,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use wow::client::{Client, StateDir, status_file};
+use wow::client::{History, inspect};
 use wow::config::args::{ClientArgs, ClientCommand};
 use wow::config::{ClientConfig, ConfigErrors, EnvVars, Loaded, load, print};
 use wow::daemon::LogHandle;
@@ -26,6 +27,15 @@ fn main() -> ExitCode {
     match &args.command {
         Some(ClientCommand::Echo { listen }) => return runtime.block_on(echo(listen)),
         Some(ClientCommand::Status) => return status(&args, &env),
+        Some(ClientCommand::History {
+            limit,
+            json,
+            show,
+            raw,
+        }) => return history(&args, &env, *limit, *json, show.as_deref(), *raw),
+        Some(ClientCommand::Replay { id, target }) => {
+            return runtime.block_on(replay(&args, &env, id, target.as_deref()));
+        }
         None => {}
     }
 
@@ -125,6 +135,69 @@ fn status(args: &ClientArgs, env: &EnvVars) -> ExitCode {
         }
         Err(error) => {
             eprintln!("{error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `wow-client history`: the deliveries this state dir kept.
+fn history(
+    args: &ClientArgs,
+    env: &EnvVars,
+    limit: usize,
+    json: bool,
+    show: Option<&str>,
+    raw: bool,
+) -> ExitCode {
+    let state_dir = match load::client_state_dir(args, env) {
+        Ok(dir) => dir,
+        Err(errors) => return config_errors(&errors),
+    };
+    let mut out = std::io::stdout().lock();
+    let shown = History::open(&state_dir).and_then(|history| match show {
+        Some(id) => {
+            let entry = history.find(id)?;
+            if raw {
+                out.write_all(&entry.request_body.bytes)?;
+                Ok(())
+            } else {
+                inspect::write_entry(&mut out, &entry)
+            }
+        }
+        None => {
+            let profile = args.profiles.first().map(String::as_str);
+            inspect::write_list(&mut out, &history, profile, limit, json)
+        }
+    });
+    match shown.and_then(|()| out.flush().map_err(Into::into)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `wow-client replay ID`: sends a kept delivery again and prints its line.
+async fn replay(args: &ClientArgs, env: &EnvVars, id: &str, target: Option<&str>) -> ExitCode {
+    let config = match load::client(args, env) {
+        Ok(loaded) => loaded.config,
+        Err(errors) if target.is_none() => return config_errors(&errors),
+        Err(_) => match load::client_state_dir(args, env) {
+            Ok(state_dir) => ClientConfig {
+                state_dir,
+                ..ClientConfig::default()
+            },
+            Err(errors) => return config_errors(&errors),
+        },
+    };
+    match inspect::replay(&config, id, target).await {
+        Ok(replayed) => {
+            println!("{}", inspect::line(&replayed));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
             ExitCode::from(1)
         }
     }

@@ -7,11 +7,11 @@
 //! paths, and resolves `%2e%2e`). hyper sends the `Uri` we built as is.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -24,8 +24,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tracing::{debug, warn};
+use uuid::Uuid;
 
 use super::Target;
+use super::history::{Entry, KeptBody};
 use super::output::Delivery;
 use crate::headers::strip_hop_by_hop;
 use crate::idle::Progress;
@@ -40,6 +42,9 @@ pub const X_WOW_REDELIVERED: HeaderName = HeaderName::from_static("x-wow-redeliv
 /// When the server received a redelivered request (RFC 3339).
 pub const X_WOW_RECEIVED_AT: HeaderName = HeaderName::from_static("x-wow-received-at");
 
+/// On a replay from the history: the id of the delivery re-sent.
+pub const X_WOW_REPLAY_OF: HeaderName = HeaderName::from_static("x-wow-replay-of");
+
 /// How long an idle connection to the app is kept for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -52,6 +57,8 @@ pub type ForwardBody = BoxBody<Bytes, BoxError>;
 #[derive(Clone, Debug)]
 pub struct Forwarder {
     client: Client<HttpsConnector<HttpConnector>, ForwardBody>,
+    /// Body bytes kept for the history, per body.
+    keep: u64,
 }
 
 /// How a forward ended, for the stream and the delivery line.
@@ -87,48 +94,142 @@ impl Forwarder {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
-        Forwarder { client }
+        Forwarder { client, keep: 0 }
     }
 
-    /// Forwards one tunnelled request to `target` and streams the answer back.
+    /// Keeps up to `bytes` of each request and response body for the history.
+    pub fn keeping(mut self, bytes: u64) -> Self {
+        self.keep = bytes;
+        self
+    }
+
+    /// Forwards one tunnelled request to `target` and streams the answer
+    /// back; returns what happened, for the delivery line and the history.
     pub async fn forward(
         &self,
         profile: &str,
         target: &Target,
         timeout: Option<Duration>,
         request: IncomingRequest,
-    ) -> Delivery {
+    ) -> Entry {
         let at = SystemTime::now();
         let started = Instant::now();
         let IncomingRequest { head, body, stream } = request;
         let progress = Progress::new();
-        let counted = Arc::new(AtomicU64::new(0));
+        let kept = Arc::new(Mutex::new(KeptBody::default()));
         let body = Metered {
             inner: body,
-            bytes: counted.clone(),
+            kept: kept.clone(),
+            keep: self.keep,
             progress: progress.clone(),
         }
         .map_err(BoxError::from)
         .boxed();
 
-        let outcome = self
-            .exchange(target, timeout, &progress, &head, body, &stream)
+        let headers = app_headers(&head, target, None);
+        let sent = self
+            .exchange(target, timeout, &progress, &head, headers, body)
             .await;
-        let status = match outcome {
-            Ok(status) => status.as_u16(),
+        let mut answer = Answer::default();
+        let status = match sent {
+            Ok(response) => match self.stream_back(response, &stream, &mut answer).await {
+                Ok(status) => status,
+                Err(failure) => fail(&stream, &failure),
+            },
             Err(failure) => fail(&stream, &failure),
         };
-        Delivery {
-            at,
-            profile: profile.to_owned(),
-            id: head.delivery_id,
-            method: head.method,
-            path: target.path(&head.path),
-            status,
-            elapsed: started.elapsed(),
-            bytes: counted.load(Ordering::Relaxed),
-            redelivered: head.redelivered,
+        let request_body = take(&kept);
+        Entry {
+            delivery: Delivery {
+                at,
+                profile: profile.to_owned(),
+                id: head.delivery_id,
+                method: head.method.clone(),
+                path: target.path(&head.path),
+                status,
+                elapsed: started.elapsed(),
+                bytes: request_body.len,
+                redelivered: head.redelivered,
+            },
+            target: target.to_string(),
+            request: head,
+            request_body,
+            response: answer.head,
+            response_body: answer.body,
+            replay_of: None,
         }
+    }
+
+    /// Sends a delivery from the history again, byte for byte, to `target`,
+    /// with `X-Wow-Replay-Of` naming the original.
+    ///
+    /// # Errors
+    ///
+    /// When the stored body was cut (the replay could not be exact), or the
+    /// app cannot be reached or fails.
+    pub async fn replay(
+        &self,
+        profile: &str,
+        target: &Target,
+        timeout: Option<Duration>,
+        original: &Entry,
+    ) -> anyhow::Result<Entry> {
+        let body = &original.request_body;
+        anyhow::ensure!(
+            !body.truncated(),
+            "the stored body was cut at {} of {} bytes, so a replay would not be byte-exact; \
+             raise history_body_max to keep whole bodies of later deliveries",
+            body.bytes.len(),
+            body.len
+        );
+        let at = SystemTime::now();
+        let started = Instant::now();
+        let mut head = original.request.clone();
+        head.delivery_id = Some(Uuid::new_v4());
+        head.redelivered = false;
+        let original_id = original.delivery.id;
+        let headers = app_headers(&head, target, original_id);
+        let bytes = Bytes::from(body.bytes.clone());
+        let progress = Progress::new();
+        let full = http_body_util::Full::new(bytes.clone())
+            .map_err(BoxError::from)
+            .boxed();
+        let response = self
+            .exchange(target, timeout, &progress, &head, headers, full)
+            .await
+            .map_err(|failure| anyhow::anyhow!("{}", failure.describe()))?;
+        let (parts, mut incoming) = response.into_parts();
+        let mut answer = Answer::default();
+        let mut response_head = ResponseHead::new(parts.status);
+        response_head.headers = parts.headers;
+        answer.head = Some(response_head);
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.context("the app's answer was cut")?;
+            if let Ok(data) = frame.into_data() {
+                answer.body.push(&data, self.keep);
+            }
+        }
+        let mut request_body = KeptBody::default();
+        request_body.push(&bytes, self.keep);
+        Ok(Entry {
+            delivery: Delivery {
+                at,
+                profile: profile.to_owned(),
+                id: head.delivery_id,
+                method: head.method.clone(),
+                path: target.path(&head.path),
+                status: parts.status.as_u16(),
+                elapsed: started.elapsed(),
+                bytes: request_body.len,
+                redelivered: false,
+            },
+            target: target.to_string(),
+            request: head,
+            request_body,
+            response: answer.head,
+            response_body: answer.body,
+            replay_of: original_id,
+        })
     }
 
     async fn exchange(
@@ -137,16 +238,16 @@ impl Forwarder {
         timeout: Option<Duration>,
         progress: &Progress,
         head: &RequestHead,
+        headers: http::HeaderMap,
         body: ForwardBody,
-        stream: &StreamHandle,
-    ) -> Result<StatusCode, Failure> {
+    ) -> Result<Response<Incoming>, Failure> {
         let uri = target
             .uri(&head.path, head.query.as_deref())
             .map_err(Failure::Refused)?;
         let mut request = Request::new(body);
         *request.method_mut() = head.method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = app_headers(head, target);
+        *request.headers_mut() = headers;
 
         let sent = self.client.request(request);
         // The app may take `timeout` to answer after its last read of the body.
@@ -157,22 +258,78 @@ impl Forwarder {
             },
             None => sent.await,
         };
-        let response = response.map_err(|error| {
+        response.map_err(|error| {
             if error.is_connect() {
                 Failure::Unreachable(format!("{:#}", anyhow::Error::from(error)))
             } else {
                 Failure::Failed(format!("{:#}", anyhow::Error::from(error)))
             }
-        })?;
-        send_response(response, stream).await
+        })
     }
+
+    /// Sends the app's head, then its body, through the tunnel, keeping
+    /// what the history keeps.
+    async fn stream_back(
+        &self,
+        response: Response<Incoming>,
+        stream: &StreamHandle,
+        answer: &mut Answer,
+    ) -> Result<u16, Failure> {
+        let (parts, mut body) = response.into_parts();
+        let mut head = ResponseHead::new(parts.status);
+        head.headers = parts.headers;
+        strip_hop_by_hop(&mut head.headers);
+        stream.send_response(&head);
+        answer.head = Some(head);
+
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|error| Failure::Failed(format!("app response body: {error}")))?;
+            // Trailers have no place in the protocol; an app rarely sends them.
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            answer.body.push(&data, self.keep);
+            if stream.send_data(data).await.is_err() {
+                debug!("sender went away while the answer was streaming");
+                return Ok(parts.status.as_u16());
+            }
+        }
+        stream.finish();
+        Ok(parts.status.as_u16())
+    }
+}
+
+/// The app's answer as the history keeps it.
+#[derive(Debug, Default)]
+struct Answer {
+    head: Option<ResponseHead>,
+    body: KeptBody,
+}
+
+impl Failure {
+    fn describe(&self) -> String {
+        match self {
+            Failure::Refused(reason) => format!("the request was refused: {reason}"),
+            Failure::Unreachable(reason) => format!("the app is unreachable: {reason}"),
+            Failure::TimedOut => "the app did not answer in time".to_owned(),
+            Failure::Failed(reason) => format!("the app failed: {reason}"),
+        }
+    }
+}
+
+fn take(kept: &Mutex<KeptBody>) -> KeptBody {
+    kept.lock()
+        .map(|mut kept| std::mem::take(&mut *kept))
+        .unwrap_or_default()
 }
 
 /// The request body on its way to the app: counts its bytes and marks
 /// progress, so the timeout counts from the app's last read.
 struct Metered {
     inner: InboundBody,
-    bytes: Arc<AtomicU64>,
+    kept: Arc<Mutex<KeptBody>>,
+    keep: u64,
     progress: Progress,
 }
 
@@ -186,9 +343,11 @@ impl Body for Metered {
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(ready) = &polled {
-            if let Some(Ok(frame)) = ready {
-                let len = frame.data_ref().map_or(0, Bytes::len);
-                self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+            if let Some(Ok(frame)) = ready
+                && let Some(data) = frame.data_ref()
+                && let Ok(mut kept) = self.kept.lock()
+            {
+                kept.push(data, self.keep);
             }
             self.progress.touch();
         }
@@ -205,7 +364,7 @@ impl Body for Metered {
 }
 
 /// The headers the app gets: the sender's, its own `Host`, and the delivery's.
-fn app_headers(head: &RequestHead, target: &Target) -> http::HeaderMap {
+fn app_headers(head: &RequestHead, target: &Target, replay_of: Option<Uuid>) -> http::HeaderMap {
     let mut headers = http::HeaderMap::with_capacity(head.headers.len() + 4);
     headers.insert(HOST, target.host_header());
     for (name, value) in &head.headers {
@@ -220,6 +379,11 @@ fn app_headers(head: &RequestHead, target: &Target) -> http::HeaderMap {
     {
         headers.insert(X_WOW_DELIVERY_ID, value);
     }
+    if let Some(original) = replay_of
+        && let Ok(value) = HeaderValue::from_str(&original.to_string())
+    {
+        headers.insert(X_WOW_REPLAY_OF, value);
+    }
     if head.redelivered {
         headers.insert(X_WOW_REDELIVERED, HeaderValue::from_static("true"));
         let received = head
@@ -232,33 +396,6 @@ fn app_headers(head: &RequestHead, target: &Target) -> http::HeaderMap {
         }
     }
     headers
-}
-
-/// Sends the app's head, then its body, through the tunnel.
-async fn send_response(
-    response: Response<Incoming>,
-    stream: &StreamHandle,
-) -> Result<StatusCode, Failure> {
-    let (parts, mut body) = response.into_parts();
-    let mut head = ResponseHead::new(parts.status);
-    head.headers = parts.headers;
-    strip_hop_by_hop(&mut head.headers);
-    stream.send_response(&head);
-
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|error| Failure::Failed(format!("app response body: {error}")))?;
-        // Trailers have no place in the protocol; an app rarely sends them.
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if stream.send_data(data).await.is_err() {
-            debug!("sender went away while the answer was streaming");
-            return Ok(parts.status);
-        }
-    }
-    stream.finish();
-    Ok(parts.status)
 }
 
 /// Resets the stream for a failed forward; returns the status the sender sees.

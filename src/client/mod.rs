@@ -15,6 +15,8 @@
 
 pub mod echo;
 pub mod forward;
+pub mod history;
+pub mod inspect;
 pub mod output;
 mod session;
 pub mod state;
@@ -30,11 +32,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug};
+use tracing::{Instrument, debug, warn};
+use warp::Filter;
 
 use crate::config::{ClientConfig, Profile};
 
 pub use self::forward::Forwarder;
+pub use self::history::{History, Recorder};
 pub use self::output::{Delivery, Event};
 pub use self::session::{Tunnel, backoff};
 pub use self::state::StateDir;
@@ -90,11 +94,17 @@ impl ConfigUpdates {
 
 /// What every tunnel of a client shares.
 #[derive(Debug, Clone)]
-struct Shared {
-    state: StateDir,
-    forwarder: Forwarder,
-    events: mpsc::UnboundedSender<Event>,
-    status: StatusBoard,
+pub struct Shared {
+    /// Where channels are kept.
+    pub state: StateDir,
+    /// The door to the local apps.
+    pub forwarder: Forwarder,
+    /// Lines for the user.
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Live tunnel states.
+    pub status: StatusBoard,
+    /// The delivery history, when it could be opened.
+    pub history: Option<Recorder>,
 }
 
 /// A running profile: its live settings, how to stop it, and a token that
@@ -140,13 +150,24 @@ impl Client {
                 "no profile to run: pass --server-url and --target-url, or configure [profiles.NAME]".to_owned(),
             ));
         }
+        let history = match History::open(&initial.state_dir) {
+            Ok(history) => Some(Recorder::start(history, initial.history_max)),
+            Err(error) => {
+                warn!(error = format!("{error:#}"), "delivery history disabled");
+                None
+            }
+        };
         let shared = Shared {
             state: StateDir::new(&initial.state_dir),
-            forwarder: Forwarder::new(),
+            forwarder: Forwarder::new().keeping(initial.history_body_max),
             events: self.events.clone(),
             status: self.status.clone(),
+            history,
         };
         let stop = CancellationToken::new();
+        if let Some(address) = initial.metrics_listen {
+            serve_metrics(address, stop.clone()).await?;
+        }
         tokio::spawn(status_file::keep_status_file(
             self.status.clone(),
             initial.state_dir.clone(),
@@ -273,13 +294,7 @@ async fn supervise(
     loop {
         let connected = profile.borrow_and_update().clone();
         let generation = stop.child_token();
-        let tunnel = Tunnel::live(
-            profile.clone(),
-            shared.state.clone(),
-            shared.forwarder.clone(),
-            shared.events.clone(),
-            shared.status.clone(),
-        )?;
+        let tunnel = Tunnel::live(profile.clone(), shared.clone())?;
         let running = tunnel.run(generation.clone());
         tokio::pin!(running);
         loop {
@@ -302,6 +317,29 @@ async fn supervise(
         generation.cancel();
         running.await?;
     }
+}
+
+/// Serves the client's Prometheus metrics on `address` until `stop`.
+async fn serve_metrics(
+    address: std::net::SocketAddr,
+    stop: CancellationToken,
+) -> Result<(), ClientError> {
+    crate::telemetry::install();
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| {
+            ClientError::Config(format!(
+                "cannot serve metrics on {address}: {error}; pick another metrics_listen address"
+            ))
+        })?;
+    let route = warp::path!("metrics").map(crate::telemetry::render);
+    tokio::spawn(
+        warp::serve(route)
+            .incoming(listener)
+            .graceful(async move { stop.cancelled().await })
+            .run(),
+    );
+    Ok(())
 }
 
 fn flatten(

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, trace, warn};
 
+use super::Shared;
 use super::forward::Forwarder;
+use super::history::Recorder;
 use super::output::Event;
 use super::state::{ChannelRecord, StateDir};
 use super::status::{ProfileStatus, StatusBoard, TunnelState};
@@ -29,6 +31,7 @@ use crate::Secret;
 use crate::config::Profile;
 use crate::link::{Ended, Link};
 use crate::protocol::{Multiplexer, PROTOCOL_V1, ResetCode, ServerMessage, Side};
+use crate::telemetry;
 
 /// The first reconnect waits about this long; each further one doubles it.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -58,6 +61,7 @@ pub struct Tunnel {
     forwarder: Forwarder,
     events: mpsc::UnboundedSender<Event>,
     status: StatusBoard,
+    history: Option<Recorder>,
     proxies: Arc<Matcher>,
 }
 
@@ -102,15 +106,9 @@ impl Tunnel {
     /// # Errors
     ///
     /// When the HTTP client for the server cannot be built.
-    pub fn new(
-        profile: Profile,
-        state: StateDir,
-        forwarder: Forwarder,
-        events: mpsc::UnboundedSender<Event>,
-        status: StatusBoard,
-    ) -> Result<Self, ClientError> {
+    pub fn new(profile: Profile, shared: Shared) -> Result<Self, ClientError> {
         let (_fixed, live) = watch::channel(Arc::new(profile));
-        Tunnel::live(live, state, forwarder, events, status)
+        Tunnel::live(live, shared)
     }
 
     /// A tunnel that connects with the profile `live` holds now and reads
@@ -119,13 +117,7 @@ impl Tunnel {
     /// # Errors
     ///
     /// When the HTTP client for the server cannot be built.
-    pub fn live(
-        live: watch::Receiver<Arc<Profile>>,
-        state: StateDir,
-        forwarder: Forwarder,
-        events: mpsc::UnboundedSender<Event>,
-        status: StatusBoard,
-    ) -> Result<Self, ClientError> {
+    pub fn live(live: watch::Receiver<Arc<Profile>>, shared: Shared) -> Result<Self, ClientError> {
         let profile = live.borrow().clone();
         let http = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(profile.insecure)
@@ -139,11 +131,12 @@ impl Tunnel {
         Ok(Tunnel {
             profile,
             live,
-            state,
+            state: shared.state,
             http,
-            forwarder,
-            events,
-            status,
+            forwarder: shared.forwarder,
+            events: shared.events,
+            status: shared.status,
+            history: shared.history,
             proxies: Arc::new(Matcher::from_env()),
         })
     }
@@ -206,6 +199,8 @@ impl Tunnel {
                 Err(AttachError::Retry(cause)) => cause,
             };
             attempt = attempt.saturating_add(1);
+            metrics::counter!(telemetry::CLIENT_RECONNECTS, "profile" => self.profile.name.clone())
+                .increment(1);
             self.status.update(&self.profile.name, |entry| {
                 entry.state = TunnelState::Reconnecting { attempt }
             });
@@ -391,11 +386,15 @@ impl Tunnel {
             let tunnel = self.clone();
             tasks.spawn(async move {
                 let profile = tunnel.live.borrow().clone();
-                let delivery = tunnel
+                let entry = tunnel
                     .forwarder
                     .forward(&profile.name, &profile.target, profile.timeout, incoming)
                     .await;
-                let _closed = tunnel.events.send(Event::Delivered(delivery));
+                record_delivery(&entry.delivery);
+                let _closed = tunnel.events.send(Event::Delivered(entry.delivery.clone()));
+                if let Some(history) = &tunnel.history {
+                    history.record(entry);
+                }
             });
             Ok(())
         };
@@ -423,6 +422,16 @@ impl Tunnel {
         mux.close();
         Served::Shutdown
     }
+}
+
+/// Counts a delivery in the client's metrics.
+fn record_delivery(delivery: &super::output::Delivery) {
+    let profile = delivery.profile.clone();
+    let class = telemetry::status_class(delivery.status);
+    metrics::counter!(telemetry::CLIENT_DELIVERIES, "profile" => profile.clone(), "class" => class)
+        .increment(1);
+    metrics::histogram!(telemetry::CLIENT_DELIVERY_DURATION, "profile" => profile)
+        .record(delivery.elapsed.as_secs_f64());
 }
 
 /// `ws(s)://…/ws/{id}` for a server URL.

@@ -135,6 +135,10 @@ pub struct ClientArgs {
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
 
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
     /// Forget the saved channel and get a new webhook URL
     #[arg(long)]
     pub reset_channel: bool,
@@ -155,4 +159,27 @@ pub enum ClientCommand {
     },
     /// Show each profile of the running client: its webhook URL, target and whether it is attached
     Status,
+    /// List the deliveries kept in the local history, newest last
+    History {
+        /// Show at most this many deliveries
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per delivery
+        #[arg(long)]
+        json: bool,
+        /// Show one delivery in full: the request as the app got it and its answer
+        #[arg(long, value_name = "ID")]
+        show: Option<String>,
+        /// With --show: write the request body to stdout, byte for byte
+        #[arg(long, requires = "show")]
+        raw: bool,
+    },
+    /// Send a delivery from the history again, byte for byte, with X-Wow-Replay-Of
+    Replay {
+        /// The delivery's id (or its first characters)
+        id: String,
+        /// Send it here instead of the profile's current target
+        #[arg(long, value_name = "URL")]
+        target: Option<String>,
+    },
 }

@@ -21,6 +21,11 @@ pub struct ClientConfig {
     pub log_format: LogFormat,
     /// Deliveries kept in the local history.
     pub history_max: usize,
+    /// Request and response bodies are kept in the history up to this many
+    /// bytes each; longer ones are cut and marked so.
+    pub history_body_max: u64,
+    /// Where to serve the client's Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The tunnels to run, each with its own channel.
     pub profiles: Vec<Profile>,
 }
@@ -54,5 +59,20 @@ impl Profile {
             || self.token != next.token
             || self.insecure != next.insecure
             || self.offline != next.offline
+    }
+}
+
+impl Default for ClientConfig {
+    /// The built-in defaults, with no profile and an empty state dir path.
+    fn default() -> Self {
+        ClientConfig {
+            state_dir: PathBuf::new(),
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+            history_max: 1000,
+            history_body_max: 1 << 20,
+            metrics_listen: None,
+            profiles: Vec::new(),
+        }
     }
 }

@@ -161,6 +161,12 @@ fn client_flags(args: &ClientArgs) -> Vec<FlagValue> {
     flag(&mut flags, "target-url", "target", &args.target_url);
     flag(&mut flags, "token", "token", &args.token);
     flag(&mut flags, "timeout", "timeout", &args.timeout);
+    flag(
+        &mut flags,
+        "metrics-listen",
+        "metrics_listen",
+        &args.metrics_listen,
+    );
     if args.insecure {
         flags.push(FlagValue {
             flag: "insecure",
@@ -479,6 +485,8 @@ fn validate_client(
         log_level: raw.log_level.map_or(LogLevel::Info, |text| text.0),
         log_format: raw.log_format.map_or(LogFormat::Text, |text| text.0),
         history_max: raw.history_max.unwrap_or(1000),
+        history_body_max: raw.history_body_max.map_or(1 << 20, |text| text.0.0),
+        metrics_listen: raw.metrics_listen.and_then(|text| text.0.0),
         profiles,
     };
     Ok(Loaded {

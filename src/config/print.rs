@@ -126,6 +126,14 @@ pub fn client_entries(config: &ClientConfig) -> Vec<Entry> {
         Entry::new("log_level", config.log_level.as_str()),
         Entry::new("log_format", config.log_format.as_str()),
         Entry::new("history_max", integer(config.history_max)),
+        Entry::new("history_body_max", size(config.history_body_max)),
+        Entry::new(
+            "metrics_listen",
+            config
+                .metrics_listen
+                .map(|addr| addr.to_string())
+                .unwrap_or_default(),
+        ),
     ];
     for profile in &config.profiles {
         entries.extend(profile_entries(profile));

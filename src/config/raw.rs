@@ -88,6 +88,10 @@ pub(crate) struct MaybeUrl(pub Option<String>);
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct MaybeOffline(pub Option<OfflinePolicy>);
 
+/// A socket address, or empty for "none".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct MaybeAddr(pub Option<SocketAddr>);
+
 /// Any string, kept as written (lists of `host:port` peers).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Plain(pub String);
@@ -110,6 +114,15 @@ impl FromText for MaybeUrl {
             return Ok(MaybeUrl(None));
         }
         base_url(text).map(|url| MaybeUrl(Some(url)))
+    }
+}
+
+impl FromText for MaybeAddr {
+    fn from_text(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(MaybeAddr(None));
+        }
+        SocketAddr::from_text(text).map(|address| MaybeAddr(Some(address)))
     }
 }
 
@@ -248,6 +261,8 @@ pub(crate) struct RawClient {
     pub log_format: Option<Text<LogFormat>>,
     pub offline: Option<Text<MaybeOffline>>,
     pub history_max: Option<usize>,
+    pub history_body_max: Option<Text<Size>>,
+    pub metrics_listen: Option<Text<MaybeAddr>>,
     pub profiles: Option<BTreeMap<String, RawProfile>>,
 }
 

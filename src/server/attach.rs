@@ -22,6 +22,7 @@ use super::session::{self, MAX_STREAMS, Session};
 use super::{Relay, redeliver};
 use crate::config::OfflinePolicy;
 use crate::protocol::{Multiplexer, Side, negotiate_version};
+use crate::telemetry;
 
 /// Options a client may give with `/new` and `/ws/{id}`.
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +114,10 @@ pub async fn attach(
         }
     };
 
+    let held_before = relay
+        .registry()
+        .get(channel)
+        .is_some_and(|known| known.last_attached.is_some());
     let (mux, frames) = Multiplexer::new(Side::Server, MAX_STREAMS);
     let session = Arc::new(Session::new(channel, Some(meta.peer), mux));
     if let Err(holder) = relay.registry().attach(&session) {
@@ -130,6 +135,10 @@ pub async fn attach(
         return error_response(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
     };
     info!(%channel, peer = %meta.peer, "client attached");
+    metrics::counter!(telemetry::ATTACHES).increment(1);
+    if held_before {
+        metrics::counter!(telemetry::RECONNECTS).increment(1);
+    }
     if let Some(offline) = offline {
         relay.registry().set_offline(channel, offline);
     }

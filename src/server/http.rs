@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -28,6 +29,7 @@ use tracing::{debug, warn};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use super::auth::bearer;
 use super::{Relay, attach, webhook};
 
 /// Headers per request at most (hyper's default is 100; some senders send more).
@@ -171,6 +173,7 @@ fn head_len<B>(request: &Request<B>) -> usize {
 
 /// All routes of the server.
 pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let relay_for_guard = relay.clone();
     let with_relay = warp::any().map(move || relay.clone());
     let meta = warp::ext::get::<RequestMeta>();
 
@@ -198,6 +201,11 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .and(meta)
         .and(warp::ext::optional::<UpgradeSlot>())
         .then(attach::attach);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(require_cluster_secret(relay_for_guard.clone()))
+        .and(with_relay.clone())
+        .map(|relay: Arc<Relay>| metrics_response(&relay));
     let webhook = warp::path("webhook")
         .and(warp::path::param::<String>())
         .and(warp::method())
@@ -214,10 +222,57 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .unify()
         .or(ws)
         .unify()
+        .or(metrics)
+        .unify()
         .or(webhook)
         .unify()
         .recover(rejection_response)
         .unify()
+}
+
+/// Demands `Authorization: Bearer <cluster.secret>` when a cluster secret
+/// is configured (for `/metrics`, `/internal/*`, `/traefik-config`).
+pub fn require_cluster_secret(
+    relay: Arc<Relay>,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |authorization: Option<String>| {
+            let secret = relay.config().cluster.secret.clone();
+            async move {
+                if secret.is_empty() {
+                    return Ok(());
+                }
+                let offered = bearer(authorization.as_deref()).unwrap_or("");
+                if bool::from(offered.as_bytes().ct_eq(secret.expose().as_bytes())) {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(Unauthorized))
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// A request to an internal endpoint without the cluster secret.
+#[derive(Debug)]
+struct Unauthorized;
+
+impl warp::reject::Reject for Unauthorized {}
+
+/// `GET /metrics`: Prometheus text, gauges read at scrape time.
+fn metrics_response(relay: &Relay) -> Response {
+    let (known, attached) = relay.registry().counts();
+    let (queued, queued_bytes) = relay.queue().totals();
+    metrics::gauge!(crate::telemetry::CHANNELS).set(known as f64);
+    metrics::gauge!(crate::telemetry::CHANNELS_ATTACHED).set(attached as f64);
+    metrics::gauge!(crate::telemetry::QUEUE_DELIVERIES).set(queued as f64);
+    metrics::gauge!(crate::telemetry::QUEUE_BYTES).set(queued_bytes as f64);
+    let mut response = Response::new(crate::telemetry::render().into());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }
 
 fn readiness(relay: &Relay) -> Response {
@@ -230,7 +285,12 @@ fn readiness(relay: &Relay) -> Response {
 }
 
 async fn rejection_response(rejection: Rejection) -> Result<Response, Infallible> {
-    let response = if rejection.is_not_found() {
+    let response = if rejection.find::<Unauthorized>().is_some() {
+        error_response(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs the cluster secret as a bearer token",
+        )
+    } else if rejection.is_not_found() {
         error_response(StatusCode::NOT_FOUND, "not found")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

@@ -60,6 +60,7 @@ impl Server {
     /// When the state dir or the signing key cannot be set up.
     pub fn new(config: ServerConfig) -> anyhow::Result<Self> {
         files::ensure_private_dir(&config.state_dir)?;
+        crate::telemetry::install();
         let tokens = Tokens::load(&config.auth, &config.state_dir)?;
         let registry = Arc::new(Registry::load(
             &config.state_dir,

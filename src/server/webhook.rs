@@ -27,6 +27,7 @@ use crate::protocol::{
     INITIAL_WINDOW, InboundBody, OpenError, RequestHead, ResetCode, ResponseHead, StreamError,
     StreamHandle,
 };
+use crate::telemetry;
 
 /// A sender whose body was refused gets this long to finish sending it, so
 /// that it reads our answer instead of a reset connection.
@@ -69,8 +70,31 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
     B: Buf + Send + 'static,
 {
-    let body: SenderBody =
-        Box::pin(body.map(|chunk| chunk.map(|mut b| b.copy_to_bytes(b.remaining()))));
+    let started = Instant::now();
+    let response = answer(channel, method, headers, meta, body, relay).await;
+    record(&response, started);
+    response
+}
+
+async fn answer<S, B>(
+    channel: String,
+    method: Method,
+    headers: HeaderMap,
+    meta: RequestMeta,
+    body: S,
+    relay: Arc<Relay>,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + Unpin + 'static,
+    B: Buf + Send + 'static,
+{
+    let body: SenderBody = Box::pin(body.map(|chunk| {
+        chunk.map(|mut buf| {
+            let bytes = buf.copy_to_bytes(buf.remaining());
+            metrics::counter!(telemetry::REQUEST_BYTES).increment(bytes.len() as u64);
+            bytes
+        })
+    }));
     let Ok(channel) = Uuid::parse_str(&channel) else {
         return error_response(StatusCode::NOT_FOUND, "unknown channel");
     };
@@ -112,6 +136,32 @@ where
         "webhook answered"
     );
     response
+}
+
+/// How a webhook was answered, for metrics: attached to the responses that
+/// are not the relay's own refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The app's own answer.
+    Delivered,
+    /// Stored in the offline queue (202).
+    Queued,
+}
+
+fn record(response: &Response, started: Instant) {
+    let status = response.status().as_u16();
+    let outcome = match response.extensions().get::<Outcome>() {
+        Some(Outcome::Delivered) => {
+            metrics::histogram!(telemetry::DELIVERY_DURATION)
+                .record(started.elapsed().as_secs_f64());
+            "delivered"
+        }
+        Some(Outcome::Queued) => "queued",
+        None if status == 502 || status == 504 => "failed",
+        None => "rejected",
+    };
+    metrics::counter!(telemetry::WEBHOOKS, "outcome" => outcome, "class" => telemetry::status_class(status))
+        .increment(1);
 }
 
 /// Sends the request through the attached client and waits for the answer.
@@ -209,10 +259,12 @@ async fn enqueue(relay: &Relay, channel: Uuid, head: &RequestHead, body: SenderB
         Ok(()) => {
             let id = head.delivery_id.unwrap_or_default();
             debug!(%channel, delivery = %id, "webhook queued");
-            json_response(
+            let mut response = json_response(
                 StatusCode::ACCEPTED,
                 &serde_json::json!({ "delivery_id": id }),
-            )
+            );
+            response.extensions_mut().insert(Outcome::Queued);
+            response
         }
         Err(EnqueueError::Full) => {
             warn!(%channel, "offline queue full: refusing a webhook");
@@ -280,9 +332,15 @@ fn app_response(head: ResponseHead, body: InboundBody) -> Response {
         mut headers,
     } = head;
     strip_hop_by_hop(&mut headers);
-    let mut response = warp::reply::stream(body).into_response();
+    let counted = body.inspect(|chunk| {
+        if let Ok(bytes) = chunk {
+            metrics::counter!(telemetry::RESPONSE_BYTES).increment(bytes.len() as u64);
+        }
+    });
+    let mut response = warp::reply::stream(counted).into_response();
     *response.status_mut() = status;
     *response.headers_mut() = headers;
+    response.extensions_mut().insert(Outcome::Delivered);
     response
 }
 

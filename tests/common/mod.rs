@@ -126,6 +126,8 @@ pub fn client_config(server_url: &str, target: &str, state_dir: &Path) -> Client
         log_level: LogLevel::Debug,
         log_format: LogFormat::Text,
         history_max: 1000,
+        history_body_max: 1 << 20,
+        metrics_listen: None,
         profiles: vec![profile("default", server_url, target)],
     }
 }
