@@ -21,7 +21,9 @@ fn main() -> ExitCode {
     if args.common.check_config {
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = wow::daemon::init_logging(config.log_level, config.log_format) {
+    let log_format =
+        wow::daemon::resolve_log_format(config.log_format, args.common.log_format.is_some());
+    if let Err(error) = wow::daemon::init_logging(config.log_level, log_format) {
         eprintln!("error: cannot set up logging: {error:#}");
         return ExitCode::from(1);
     }

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ClientConfig;
+use crate::daemon::systemd;
 
 pub use self::forward::Forwarder;
 pub use self::output::{Delivery, Event};
@@ -95,6 +96,7 @@ impl Client {
         let state = StateDir::new(&self.config.state_dir);
         let stop = CancellationToken::new();
         let mut tunnels = JoinSet::new();
+        let status_changes = self.status.subscribe();
         for profile in self.config.profiles {
             let tunnel = Tunnel::new(
                 profile,
@@ -105,11 +107,19 @@ impl Client {
             )?;
             tunnels.spawn(tunnel.run(stop.child_token()));
         }
+        // Under systemd: ready with a valid configuration, even while the
+        // relay is unreachable; every tunnel's state; proof of life.
+        let board = self.status.clone();
+        let status = systemd::spawn_status_watch(status_changes, move || board.summary());
+        let _watchdog = systemd::spawn_watchdog();
+        systemd::ready();
 
         let failure = tokio::select! {
             () = shutdown => None,
             Some(ended) = tunnels.join_next() => Some(flatten(ended)),
         };
+        drop(status);
+        systemd::stopping();
         stop.cancel();
         let mut first_error = failure.and_then(Result::err);
         while let Some(ended) = tunnels.join_next().await {
