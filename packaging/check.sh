@@ -24,8 +24,10 @@ fail() {
     echo "FAIL: $*" >&2
     exit 1
 }
+# Each check that passed is a line in $PASSED, counted at the end.
 pass() {
     echo "ok: $*"
+    echo "$*" >>"$PASSED"
 }
 
 shopt -s nullglob
@@ -36,6 +38,7 @@ rpms=(target/generate-rpm/wow-*.rpm)
 shopt -u nullglob
 work=$(mktemp -d /tmp/wow-package-check.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+export PASSED="$work/passed"
 DEB="$work/$(basename "${debs[0]}")"
 RPM="$work/$(basename "${rpms[0]}")"
 cp "${debs[0]}" "$DEB"
@@ -280,3 +283,4 @@ in_overlay deb_lifecycle
 echo "== install, upgrade, erase of the .rpm"
 in_overlay rpm_lifecycle
 echo "packages checked: $(basename "$DEB") $(du -h "$DEB" | cut -f1), $(basename "$RPM") $(du -h "$RPM" | cut -f1)"
+echo "packages: $(wc -l <"$PASSED") passed, 0 failed"
