@@ -8,6 +8,8 @@
 # --locked, then the binaries stripped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The packages take the binaries from ./target, whatever the environment says.
+unset CARGO_TARGET_DIR CARGO_BUILD_TARGET
 
 if [ "$#" -ne 0 ]; then
     echo "usage: packaging/build.sh (no arguments)" >&2
