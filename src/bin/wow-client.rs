@@ -52,7 +52,11 @@ fn main() -> ExitCode {
         eprintln!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let log = match wow::daemon::init_logging(loaded.config.log_level, loaded.config.log_format) {
+    let log_format = wow::daemon::resolve_log_format(
+        loaded.config.log_format,
+        loaded.origins.is_set("log_format"),
+    );
+    let log = match wow::daemon::init_logging(loaded.config.log_level, log_format) {
         Ok(log) => log,
         Err(error) => {
             eprintln!("error: cannot set up logging: {error:#}");

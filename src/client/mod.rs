@@ -36,6 +36,7 @@ use tracing::{Instrument, debug, warn};
 use warp::Filter;
 
 use crate::config::{ClientConfig, Profile};
+use crate::daemon::systemd;
 
 pub use self::forward::Forwarder;
 pub use self::history::{History, Recorder};
@@ -181,6 +182,12 @@ impl Client {
             tunnels: JoinSet::new(),
         };
         supervisor.apply(&initial.profiles);
+        // Under systemd: ready with a valid configuration, even while the
+        // relay is unreachable; every tunnel's state; proof of life.
+        let board = self.status.clone();
+        let status = systemd::spawn_status_watch(self.status.subscribe(), move || board.summary());
+        let _watchdog = systemd::spawn_watchdog();
+        systemd::ready();
 
         tokio::pin!(shutdown);
         let failure = loop {
@@ -197,6 +204,8 @@ impl Client {
                 }
             }
         };
+        drop(status);
+        systemd::stopping();
         stop.cancel();
         supervisor.finish(failure).await
     }

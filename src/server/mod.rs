@@ -34,7 +34,11 @@ use self::http::RequestMeta;
 use self::queue::Queue;
 use self::registry::Registry;
 use crate::config::ServerConfig;
+use crate::daemon::systemd;
 use crate::files;
+
+/// How often `STATUS=` is brought up to date under systemd.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
 
 /// A configured relay, ready to serve.
 #[derive(Debug)]
@@ -111,8 +115,16 @@ impl Server {
         );
         let sweeping = tokio::spawn(sweep(self.relay.clone(), stop_background.clone()));
         let expiring = tokio::spawn(expire_queue(self.relay.clone(), stop_background.clone()));
+        // Under systemd: ready once accepting, live channel counts, proof of life.
+        let relay = self.relay.clone();
+        let status = systemd::spawn_status_poll(STATUS_REFRESH, move || relay.status_line());
+        let _watchdog = systemd::spawn_watchdog();
+        systemd::ready();
 
         shutdown.await;
+        drop(status);
+        systemd::stopping();
+        systemd::status("draining in-flight deliveries");
         info!("shutting down: draining in-flight deliveries");
         self.relay.draining.store(true, Ordering::Relaxed);
         for session in self.relay.registry.sessions() {
@@ -207,6 +219,14 @@ impl Relay {
     /// The token signer.
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    /// `12 channels, 9 attached`: the known channels and those a client
+    /// holds, as `systemctl status` shows them.
+    pub fn status_line(&self) -> String {
+        let (known, attached) = self.registry.counts();
+        let plural = if known == 1 { "" } else { "s" };
+        format!("{known} channel{plural}, {attached} attached")
     }
 
     /// Whether the server is shutting down.
