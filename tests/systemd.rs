@@ -214,6 +214,17 @@ impl Daemon {
         assert!(status.success());
     }
 
+    /// Sends SIGHUP, as `systemctl reload` does.
+    async fn hangup(&self) {
+        let pid = self.child.id().expect("daemon is running").to_string();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+
     async fn exit_status(&mut self) -> ExitStatus {
         within(STEP, self.child.wait()).await.unwrap()
     }
@@ -639,6 +650,66 @@ async fn journal_entries_carry_channel_and_profile_as_fields() {
             .await;
         assert_eq!(field(&server_side, "WOW_CHANNEL"), Some(channel.as_str()));
         assert_eq!(field(&server_side, "SYSLOG_IDENTIFIER"), Some("wow-server"));
+
+        client.terminate().await;
+        assert_eq!(
+            client.exit_status().await.code(),
+            Some(0),
+            "{}",
+            client.stderr()
+        );
+        server.terminate().await;
+        assert_eq!(
+            server.exit_status().await.code(),
+            Some(0),
+            "{}",
+            server.stderr()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sighup_reload_says_reloading_then_ready_for_both_daemons() {
+    within(Duration::from_secs(90), async {
+        let notify = Notifications::bind();
+        let state = tempfile::tempdir().unwrap();
+        let mut server = Daemon::server(state.path(), &notify.path, &[], Env::default());
+        notify.until("READY=1").await;
+        let address = server.listening_address().await;
+
+        server.hangup().await;
+        let messages = notify.until("READY=1").await;
+        let reloading = messages
+            .iter()
+            .position(|message| message.lines().any(|line| line == "RELOADING=1"))
+            .expect("RELOADING=1 before READY=1");
+        assert!(
+            messages[reloading]
+                .lines()
+                .any(|line| line.starts_with("MONOTONIC_USEC=")),
+            "{messages:?}"
+        );
+        server.stderr_line("reload").await;
+
+        let client_notify = Notifications::bind();
+        let client_state = tempfile::tempdir().unwrap();
+        let mut client = Daemon::client(
+            &format!("http://{address}"),
+            client_state.path(),
+            &client_notify.path,
+            &[],
+            Env::default(),
+        );
+        client_notify.until("READY=1").await;
+        client.hangup().await;
+        let messages = client_notify.until("READY=1").await;
+        assert!(
+            messages
+                .iter()
+                .any(|message| message.lines().any(|line| line == "RELOADING=1")),
+            "{messages:?}"
+        );
 
         client.terminate().await;
         assert_eq!(
