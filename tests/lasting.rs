@@ -298,3 +298,45 @@ async fn a_refused_channel_stops_the_client_with_one_line_and_exit_2() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn channels_never_attached_expire_and_the_registry_has_a_limit() {
+    within(STEP, async {
+        let server = start_server(|config| {
+            config.channels.cleanup_interval = Duration::from_secs(1);
+            config.limits.max_channels = 2;
+        })
+        .await;
+        let http = sender();
+        let new = || async {
+            http.get(format!("{}/new?offline=reject", server.url))
+                .send()
+                .await
+                .unwrap()
+        };
+        let issued: serde_json::Value = new().await.json().await.unwrap();
+        let url = issued["webhook_url"].as_str().unwrap().to_owned();
+        assert_eq!(new().await.status(), 200);
+        let full = new().await;
+        assert_eq!(full.status(), 503);
+        assert_eq!(
+            full.json::<serde_json::Value>().await.unwrap()["error"],
+            "the server cannot take more channels"
+        );
+
+        // Never attached: gone after the cleanup interval (the sweep runs every interval).
+        assert_eq!(post(&url).await, 503);
+        within(STEP, async {
+            while post(&url).await != 404 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert_eq!(
+            new().await.status(),
+            200,
+            "expired channels free their place"
+        );
+    })
+    .await;
+}

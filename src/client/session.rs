@@ -273,11 +273,9 @@ impl Tunnel {
             socket = self.attach(channel) => socket?,
             () = shutdown.cancelled() => return Ok(Progress::Served(Served::Shutdown)),
         };
-        if failed_attempts == 0 {
-            info!(channel = %channel.channel_id, "attached");
-        } else {
-            info!(channel = %channel.channel_id, failed_attempts, "reconnected");
-        }
+        // One message for every attach, so that logs and journal queries
+        // find them all; `failed_attempts` tells a recovery apart.
+        info!(channel = %channel.channel_id, failed_attempts, "attached");
         self.status.update(&self.profile.name, |entry| {
             entry.state = TunnelState::Attached;
             entry.webhook_url = Some(channel.webhook_url.clone());
