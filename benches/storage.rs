@@ -3,7 +3,6 @@
 //! reconnect). Run with `cargo bench --bench storage`; numbers go to stdout.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod common;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -110,7 +109,7 @@ async fn queue() {
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let body = body();
-    let count = 1000;
+    let count: u32 = 1000;
     let started = Instant::now();
     for _ in 0..count {
         let status = http
