@@ -8,6 +8,7 @@
 //! address, the raw request target, the upgrade handle) and goes to the warp
 //! routes.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,10 +29,13 @@ use tracing::{debug, warn};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::{Relay, attach, webhook};
+use super::{Relay, attach, auth, webhook};
 
 /// Headers per request at most (hyper's default is 100; some senders send more).
 const MAX_HEADERS: usize = 256;
+
+/// Largest JSON body of the auth routes, in bytes (a token and an id).
+const MAX_AUTH_BODY: u64 = 16 * 1024;
 
 /// What [`Frontend`] learns about a request before routing it.
 #[derive(Debug, Clone)]
@@ -171,6 +175,7 @@ fn head_len<B>(request: &Request<B>) -> usize {
 
 /// All routes of the server.
 pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let relay_for_auth = relay.clone();
     let with_relay = warp::any().map(move || relay.clone());
     let meta = warp::ext::get::<RequestMeta>();
 
@@ -198,6 +203,14 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .and(meta)
         .and(warp::ext::optional::<UpgradeSlot>())
         .then(attach::attach);
+    let renew = warp::path!("channels" / String / "token")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_AUTH_BODY))
+        .and(warp::body::json::<attach::RenewRequest>())
+        .and(with_relay.clone())
+        .and(warp::header::headers_cloned())
+        .and(meta)
+        .map(attach::renew_token);
     let webhook = warp::path("webhook")
         .and(warp::path::param::<String>())
         .and(warp::method())
@@ -214,10 +227,112 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .unify()
         .or(ws)
         .unify()
+        .or(renew)
+        .unify()
+        .or(auth_routes(relay_for_auth))
+        .unify()
         .or(webhook)
         .unify()
         .recover(rejection_response)
         .unify()
+}
+
+/// `/auth/github`, `/auth/callback`, `/auth/device` and `/auth/device/poll`.
+fn auth_routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with_relay = warp::any().map(move || relay.clone());
+    let meta = warp::ext::get::<RequestMeta>();
+    let begin = warp::path!("auth" / "github")
+        .and(warp::get())
+        .and(with_relay.clone())
+        .and(warp::header::headers_cloned())
+        .and(meta)
+        .map(auth::begin);
+    let callback = warp::path!("auth" / "callback")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_relay.clone())
+        .and(warp::header::headers_cloned())
+        .and(meta)
+        .then(auth::callback);
+    let device = warp::path!("auth" / "device")
+        .and(warp::post())
+        .and(with_relay.clone())
+        .and(warp::header::headers_cloned())
+        .and(meta)
+        .then(auth::start);
+    let poll = warp::path!("auth" / "device" / "poll")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_AUTH_BODY))
+        .and(warp::body::json::<auth::PollRequest>())
+        .and(with_relay)
+        .map(auth::poll);
+    begin
+        .or(callback)
+        .unify()
+        .or(device)
+        .unify()
+        .or(poll)
+        .unify()
+}
+
+/// A request refused by [`require_cluster_secret`].
+#[derive(Debug)]
+pub struct MissingClusterSecret;
+
+impl warp::reject::Reject for MissingClusterSecret {}
+
+/// Guards an internal endpoint (`/internal/*`, `/traefik-config`,
+/// `/metrics`): when `cluster.secret` is set, the request needs
+/// `Authorization: Bearer <cluster.secret>`, or it gets 401 JSON (through
+/// [`rejection_response`], which the routes recover with). Without a
+/// secret every request passes, and the server warns at start in auth mode.
+///
+/// ```ignore
+/// let metrics = warp::path!("metrics")
+///     .and(require_cluster_secret(relay.clone()))
+///     .map(|| …);
+/// ```
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "guards /metrics, /internal/channels and /traefik-config, which land with their own issues"
+    )
+)]
+pub fn require_cluster_secret(
+    relay: Arc<Relay>,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |authorization: Option<String>| {
+            let relay = relay.clone();
+            async move {
+                let config = relay.config();
+                let secret = config.cluster.secret.expose();
+                if secret.is_empty() {
+                    return Ok(());
+                }
+                let given = auth::bearer(authorization.as_deref()).unwrap_or("");
+                if constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(MissingClusterSecret))
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// tells nothing about how much of a guess was right (only its length).
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    let difference = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(difference) == 0
 }
 
 fn readiness(relay: &Relay) -> Response {
@@ -229,8 +344,14 @@ fn readiness(relay: &Relay) -> Response {
     json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
 }
 
-async fn rejection_response(rejection: Rejection) -> Result<Response, Infallible> {
-    let response = if rejection.is_not_found() {
+/// Turns a rejection into a JSON error.
+pub async fn rejection_response(rejection: Rejection) -> Result<Response, Infallible> {
+    let response = if rejection.find::<MissingClusterSecret>().is_some() {
+        error_response(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs Authorization: Bearer <cluster.secret>",
+        )
+    } else if rejection.is_not_found() {
         error_response(StatusCode::NOT_FOUND, "not found")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -257,4 +378,83 @@ pub fn set_retry_after(response: &mut Response) {
     response
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Secret;
+    use crate::config::ServerConfig;
+    use crate::server::Server;
+
+    fn relay(secret: &str) -> (tempfile::TempDir, Arc<Relay>) {
+        let state = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig {
+            state_dir: state.path().to_path_buf(),
+            ..ServerConfig::default()
+        };
+        config.cluster.secret = Secret::new(secret);
+        let relay = Server::new(config).unwrap().relay().clone();
+        (state, relay)
+    }
+
+    /// A tiny internal route behind the guard, as the real ones will be.
+    fn probe(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+        warp::path!("internal" / "probe")
+            .and(require_cluster_secret(relay))
+            .map(|| json_response(StatusCode::OK, &serde_json::json!({"ok": true})))
+            .recover(rejection_response)
+            .unify()
+    }
+
+    async fn status(
+        route: &(impl Filter<Extract = (Response,), Error = Infallible> + Clone + 'static),
+        authorization: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut request = warp::test::request().path("/internal/probe");
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.reply(route).await;
+        (
+            response.status(),
+            String::from_utf8_lossy(response.body()).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn internal_routes_need_the_cluster_secret_when_one_is_set() {
+        let (_state, relay) = relay("cluster-s3cret");
+        let route = probe(relay);
+        let (code, body) = status(&route, None).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("cluster.secret"), "{body}");
+        assert!(!body.contains("cluster-s3cret"), "{body}");
+        assert_eq!(
+            status(&route, Some("Bearer wrong")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&route, Some("Bearer cluster-s3cres")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&route, Some("Bearer cluster-s3cret")).await.0,
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_cluster_secret_internal_routes_are_open() {
+        let (_state, relay) = relay("");
+        assert_eq!(status(&probe(relay), None).await.0, StatusCode::OK);
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"", b"abc"));
+    }
 }
