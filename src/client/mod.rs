@@ -15,6 +15,7 @@
 
 pub mod echo;
 pub mod forward;
+pub mod login;
 pub mod output;
 mod session;
 pub mod state;

@@ -155,4 +155,7 @@ pub enum ClientCommand {
     },
     /// Show each profile of the running client: its webhook URL, target and whether it is attached
     Status,
+    /// Sign in to an auth-mode server with GitHub and store the session token
+    /// (with --token: store that token, as shown by the server's /auth/github page)
+    Login,
 }
