@@ -366,11 +366,17 @@ impl Tunnel {
         if status == StatusCode::NOT_FOUND {
             return Err(AttachError::Refused(refusal));
         }
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        if status == StatusCode::UNAUTHORIZED {
             let message = error_message(response.bytes().await.unwrap_or_default());
             return Err(AttachError::Refused(ClientError::ChannelRefused(format!(
-                "{server} refused to renew the channel token of profile {profile} ({status}): {}",
+                "{server} refused to renew the channel token of profile {profile} ({status}): {}, then start wow-client again; the webhook URL stays the same",
                 with_login_fix(&message, server)
+            ))));
+        }
+        if status == StatusCode::FORBIDDEN {
+            let message = error_message(response.bytes().await.unwrap_or_default());
+            return Err(AttachError::Refused(ClientError::ChannelRefused(format!(
+                "{server} refused to renew the channel token of profile {profile} ({status}: {message}); sign in as the channel's owner with `wow-client login`, or run `wow-client --reset-channel` to get a new webhook URL"
             ))));
         }
         if !status.is_success() {
