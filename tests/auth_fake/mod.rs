@@ -348,3 +348,21 @@ pub fn form(bytes: &[u8]) -> HashMap<String, String> {
 fn encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+/// Signs in through `server_url`'s browser flow, following each redirect
+/// by hand, and returns the session token.
+pub async fn sign_in_in_browser(server_url: &str) -> String {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut url = format!("{server_url}/auth/github");
+    for _ in 0..2 {
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 302, "{url}");
+        url = response.headers()["location"].to_str().unwrap().to_owned();
+    }
+    let body: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    body["token"].as_str().expect("a session token").to_owned()
+}
