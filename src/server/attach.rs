@@ -52,7 +52,7 @@ pub fn new_channel(
     let session = if config.auth.enabled() {
         match check_session(&relay, &headers) {
             Ok(session) => Some(session),
-            Err(refusal) => return refusal,
+            Err(message) => return error_response(StatusCode::UNAUTHORIZED, message),
         }
     } else {
         None
@@ -112,7 +112,7 @@ pub fn renew_token(
     }
     let session = match check_session(&relay, &headers) {
         Ok(session) => session,
-        Err(refusal) => return refusal,
+        Err(message) => return error_response(StatusCode::UNAUTHORIZED, message),
     };
     let Ok(channel) = Uuid::parse_str(&channel) else {
         return error_response(StatusCode::NOT_FOUND, "unknown channel");
@@ -149,27 +149,24 @@ pub fn renew_token(
     )
 }
 
-/// The session behind the request's bearer token, or the 401 that says
-/// what to do.
-fn check_session(relay: &Relay, headers: &HeaderMap) -> Result<SessionClaims, Response> {
+/// The session behind the request's bearer token, or why there is none
+/// (the message of a 401 that says what to do).
+fn check_session(relay: &Relay, headers: &HeaderMap) -> Result<SessionClaims, &'static str> {
     let token = bearer(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok()),
     );
     let Some(token) = token else {
-        return Err(error_response(
-            StatusCode::UNAUTHORIZED,
-            "sign-in required: run `wow-client login`",
-        ));
+        return Err("sign-in required: run `wow-client login`");
     };
-    relay.tokens().verify_session(token).map_err(|error| {
-        let message = match error {
+    relay
+        .tokens()
+        .verify_session(token)
+        .map_err(|error| match error {
             TokenError::Expired => "the session token has expired: run `wow-client login`",
             TokenError::Invalid => "invalid session token: run `wow-client login`",
-        };
-        error_response(StatusCode::UNAUTHORIZED, message)
-    })
+        })
 }
 
 /// A held channel is handed to a new attach when its connection does not
