@@ -156,6 +156,9 @@ pub enum ClientCommand {
     /// Show each profile of the running client: its webhook URL, target and whether it is attached
     Status,
     /// Sign in to an auth-mode server with GitHub and store the session token
-    /// (with --token: store that token, as shown by the server's /auth/github page)
+    ///
+    /// Runs GitHub's device flow through the server: open the page it names and
+    /// enter the code. With --token, stores that token instead (the one the
+    /// server's /auth/github page shows).
     Login,
 }
