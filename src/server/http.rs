@@ -422,8 +422,17 @@ mod tests {
         )
     }
 
+    /// Every async test step is bounded by this.
+    const STEP: std::time::Duration = std::time::Duration::from_secs(30);
+
     #[tokio::test]
     async fn internal_routes_need_the_cluster_secret_when_one_is_set() {
+        tokio::time::timeout(STEP, cluster_secret_is_checked())
+            .await
+            .expect("the test finishes in time");
+    }
+
+    async fn cluster_secret_is_checked() {
         let (_state, relay) = relay("cluster-s3cret");
         let route = probe(relay);
         let (code, body) = status(&route, None).await;
@@ -447,7 +456,8 @@ mod tests {
     #[tokio::test]
     async fn without_a_cluster_secret_internal_routes_are_open() {
         let (_state, relay) = relay("");
-        assert_eq!(status(&probe(relay), None).await.0, StatusCode::OK);
+        let open = tokio::time::timeout(STEP, status(&probe(relay), None)).await;
+        assert_eq!(open.expect("the test finishes in time").0, StatusCode::OK);
     }
 
     #[test]
