@@ -625,6 +625,12 @@ async fn device_sign_ins_end_denied_expired_or_refused() {
         let (status, body, _) = device_sign_in(&server).await;
         assert_eq!((status, body["status"].as_str()), (410, Some("expired")));
 
+        // GitHub may say device flow is off only when polled.
+        fake.with(|state| state.device_script.push_back("device_flow_disabled"));
+        let (status, body, _) = device_sign_in(&server).await;
+        assert_eq!((status, body["status"].as_str()), (501, Some("disabled")));
+        assert_eq!(body["login_url"], format!("{}/auth/github", server.url));
+
         fake.with(|state| state.device_user = OUTSIDER.to_owned());
         let (status, body, _) = device_sign_in(&server).await;
         assert_eq!((status, body["status"].as_str()), (403, Some("forbidden")));

@@ -185,7 +185,7 @@ impl Login {
                 humantime::format_duration(expires)
             ),
         );
-        let token = self.wait(&started, Instant::now() + expires).await?;
+        let token = self.wait(&started, Instant::now() + expires, out).await?;
         let view = read_session(&token).ok_or_else(|| {
             ClientError::Runtime(format!(
                 "{server} answered a token that is not a session token"
@@ -195,7 +195,12 @@ impl Login {
     }
 
     /// Polls until the sign-in ends or `deadline` passes.
-    async fn wait(&self, started: &Started, deadline: Instant) -> Result<Secret, ClientError> {
+    async fn wait(
+        &self,
+        started: &Started,
+        deadline: Instant,
+        out: &mut (dyn Write + Send),
+    ) -> Result<Secret, ClientError> {
         let server = &self.server_url;
         let url = format!("{server}/auth/device/poll");
         let mut interval = Duration::from_secs(started.interval.max(1)).min(MAX_INTERVAL);
@@ -236,6 +241,7 @@ impl Login {
                     continue;
                 }
                 (_, Some("expired")) => return Err(expired()),
+                (_, Some("disabled")) => return Err(self.cannot_start(status, answer, out)),
                 (_, Some("denied" | "forbidden")) => {
                     return Err(ClientError::Config(message(
                         &answer,
@@ -263,7 +269,8 @@ impl Login {
         }
     }
 
-    /// The error for a server that did not start a device sign-in.
+    /// The error for a server that did not start (or cannot finish) a
+    /// device sign-in.
     fn cannot_start(
         &self,
         status: StatusCode,

@@ -77,6 +77,8 @@ enum Outcome {
     Denied,
     /// GitHub vouched for a user we do not accept.
     NotMember(String),
+    /// Device flow is off in the OAuth App: the browser sign-in's address.
+    Disabled(String),
     /// GitHub failed; the detail is in the server's log.
     Failed,
 }
@@ -169,16 +171,8 @@ pub async fn start(relay: Arc<Relay>, headers: HeaderMap, meta: RequestMeta) -> 
             if *error.error()
                 == BasicErrorResponseType::Extension("device_flow_disabled".to_owned()) =>
         {
-            warn!("device flow is disabled in the GitHub OAuth App: enable it in its settings");
             let login_url = format!("{}/auth/github", relay.public_base(&headers, &meta));
-            return json_response(
-                StatusCode::NOT_IMPLEMENTED,
-                &serde_json::json!({
-                    "error": format!("device flow is disabled in this server's GitHub OAuth App: sign in at {login_url}, then run `wow-client login --token TOKEN` with the token it shows"),
-                    "code": "device_flow_disabled",
-                    "login_url": login_url,
-                }),
-            );
+            return disabled(&login_url);
         }
         Err(error) => {
             warn!(error = %describe(&error), "cannot start a device sign-in");
@@ -194,7 +188,9 @@ pub async fn start(relay: Arc<Relay>, headers: HeaderMap, meta: RequestMeta) -> 
         return busy();
     };
     let span = tracing::info_span!("device_sign_in");
-    tokio::spawn(watch_github(relay.clone(), login, details.clone(), id.clone()).instrument(span));
+    let login_url = format!("{}/auth/github", relay.public_base(&headers, &meta));
+    let watching = watch_github(relay.clone(), login, details.clone(), id.clone(), login_url);
+    tokio::spawn(watching.instrument(span));
     let mut response = json_response(
         StatusCode::OK,
         &serde_json::json!({
@@ -216,9 +212,10 @@ async fn watch_github(
     login: Arc<DeviceLogin>,
     details: StandardDeviceAuthorizationResponse,
     id: String,
+    login_url: String,
 ) {
     let outcome = tokio::select! {
-        outcome = complete(&relay, &login, &details) => outcome,
+        outcome = complete(&relay, &login, &details, login_url) => outcome,
         () = abandoned(&login) => {
             info!("device sign-in abandoned by its client");
             relay.sign_in().devices.remove(&id);
@@ -242,6 +239,7 @@ async fn complete(
     relay: &Relay,
     login: &Arc<DeviceLogin>,
     details: &StandardDeviceAuthorizationResponse,
+    login_url: String,
 ) -> Outcome {
     let config = relay.config();
     let auth = &config.auth;
@@ -276,6 +274,11 @@ async fn complete(
                 DeviceCodeErrorResponseType::ExpiredToken => {
                     info!("device sign-in code expired");
                     Outcome::Expired
+                }
+                DeviceCodeErrorResponseType::Basic(BasicErrorResponseType::Extension(code))
+                    if code == "device_flow_disabled" =>
+                {
+                    Outcome::Disabled(login_url)
                 }
                 other => {
                     warn!(github_error = %other, "GitHub ended the device sign-in");
@@ -345,12 +348,28 @@ pub fn poll(request: PollRequest, relay: Arc<Relay>) -> Response {
             "the sign-in was denied on GitHub: run `wow-client login` again and authorize the app",
         ),
         Outcome::NotMember(message) => status_error(StatusCode::FORBIDDEN, "forbidden", &message),
+        Outcome::Disabled(login_url) => disabled(&login_url),
         Outcome::Failed => status_error(
             StatusCode::BAD_GATEWAY,
             "failed",
             "cannot complete the sign-in with GitHub: try again later",
         ),
     }
+}
+
+/// The answer when device flow is off in the OAuth App: where to sign in
+/// in a browser instead.
+fn disabled(login_url: &str) -> Response {
+    warn!("device flow is disabled in the GitHub OAuth App: enable it in its settings");
+    json_response(
+        StatusCode::NOT_IMPLEMENTED,
+        &serde_json::json!({
+            "error": format!("device flow is disabled in this server's GitHub OAuth App: sign in at {login_url}, then run `wow-client login --token TOKEN` with the token it shows"),
+            "status": "disabled",
+            "code": "device_flow_disabled",
+            "login_url": login_url,
+        }),
+    )
 }
 
 fn waiting(status: &str, interval: Duration) -> Response {
