@@ -31,14 +31,23 @@ pub const JOURNAL_FIELD_PREFIX: &str = "WOW";
 
 /// Where journald takes native entries (fixed by systemd, not configurable).
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+/// Dependency targets whose trace events hold secrets, kept at `debug` even
+/// at `trace`: tungstenite writes the whole handshake request, the channel
+/// token in `Authorization` included.
+const SECRET_TARGETS: [&str; 1] = ["tungstenite::handshake::client"];
 
 /// Builds the log filter for `level`: our crate at `level`, chatty
-/// dependencies one step quieter unless `trace` was asked for.
+/// dependencies one step quieter unless `trace` was asked for, and targets
+/// that would log secrets never at `trace`.
 pub fn log_filter(level: LogLevel) -> EnvFilter {
     let mut directives = level.as_str().to_owned();
     if level < LogLevel::Trace {
         for target in QUIET_TARGETS {
             directives.push_str(&format!(",{target}=warn"));
+        }
+    } else {
+        for target in SECRET_TARGETS {
+            directives.push_str(&format!(",{target}=debug"));
         }
     }
     EnvFilter::new(directives)

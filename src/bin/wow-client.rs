@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use wow::Secret;
+use wow::client::login;
 use wow::client::{Client, StateDir, status_file};
 use wow::client::{History, inspect};
 use wow::config::args::{ClientArgs, ClientCommand};
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Some(ClientCommand::Replay { id, target }) => {
             return runtime.block_on(replay(&args, &env, id, target.as_deref()));
         }
+        Some(ClientCommand::Login) => return login(&args, &env, &runtime),
         None => {}
     }
 
@@ -118,6 +121,28 @@ async fn run(
     let result = client.run(controller.run()).await;
     let _ = printer.await;
     match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// `wow-client login`: signs in to the server of each selected profile.
+fn login(args: &ClientArgs, env: &EnvVars, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let loaded = match load::client(args, env) {
+        Ok(loaded) => loaded,
+        Err(errors) => return config_errors(&errors),
+    };
+    let config = &loaded.config;
+    if let Err(error) = wow::daemon::init_logging(config.log_level, config.log_format) {
+        eprintln!("error: cannot set up logging: {error:#}");
+        return ExitCode::from(1);
+    }
+    let token = args.token.clone().filter(|token| !token.is_empty());
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(login::run(config, token.map(Secret::new), &mut stdout)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");

@@ -17,6 +17,7 @@ pub mod echo;
 pub mod forward;
 pub mod history;
 pub mod inspect;
+pub mod login;
 pub mod output;
 mod session;
 pub mod state;

@@ -1,5 +1,6 @@
 //! The client's state dir: the channel each profile holds on each server,
-//! so a restart reattaches to the same webhook URL.
+//! so a restart reattaches to the same webhook URL, and the session token
+//! `wow-client login` stored for each server.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,13 @@ struct StoredChannel {
     channel_id: Uuid,
     token: String,
     webhook_url: String,
+}
+
+/// The on-disk form of a session token, with the server it is for.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSession {
+    server_url: String,
+    token: String,
 }
 
 /// The client's state dir.
@@ -123,6 +131,59 @@ impl StateDir {
         }
     }
 
+    /// The session token stored for `server_url` by `wow-client login`.
+    ///
+    /// # Errors
+    ///
+    /// When the file exists but cannot be read or parsed.
+    pub fn load_session(&self, server_url: &str) -> anyhow::Result<Option<Secret>> {
+        let path = self.session_path(server_url);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        let stored: StoredSession = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is damaged: delete it and run `wow-client login`",
+                path.display()
+            )
+        })?;
+        if stored.server_url.trim_end_matches('/') != server_url.trim_end_matches('/') {
+            return Ok(None);
+        }
+        Ok(Some(Secret::new(stored.token)))
+    }
+
+    /// Stores the session token for `server_url` (file mode 0600) and
+    /// returns where.
+    ///
+    /// # Errors
+    ///
+    /// When the state dir or the file cannot be written.
+    pub fn save_session(&self, server_url: &str, token: &Secret) -> anyhow::Result<PathBuf> {
+        let stored = StoredSession {
+            server_url: server_url.trim_end_matches('/').to_owned(),
+            token: token.expose().to_owned(),
+        };
+        let path = self.session_path(server_url);
+        files::ensure_private_dir(&self.root)?;
+        if let Some(parent) = path.parent() {
+            files::ensure_private_dir(parent)?;
+        }
+        let text = serde_json::to_vec_pretty(&stored).context("cannot encode the session")?;
+        files::write_private(&path, &text)?;
+        Ok(path)
+    }
+
+    fn session_path(&self, server_url: &str) -> PathBuf {
+        self.root
+            .join("sessions")
+            .join(format!("{}.json", file_safe(server_url)))
+    }
+
     fn channel_path(&self, profile: &str, server_url: &str) -> PathBuf {
         self.root.join("channels").join(format!(
             "{}@{}.json",
@@ -195,6 +256,28 @@ mod tests {
         );
 
         let mode = std::fs::metadata(dir.path().join("state/channels"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn sessions_are_kept_per_server_in_private_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path().join("state"));
+        assert_eq!(state.load_session("https://a.example").unwrap(), None);
+        let path = state
+            .save_session("https://a.example/", &Secret::new("session-a"))
+            .unwrap();
+        assert_eq!(
+            state.load_session("https://a.example").unwrap(),
+            Some(Secret::new("session-a"))
+        );
+        assert_eq!(state.load_session("https://b.example").unwrap(), None);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = std::fs::metadata(path.parent().unwrap())
             .unwrap()
             .permissions()
             .mode();

@@ -22,11 +22,11 @@ pub struct CommonArgs {
     pub state_dir: Option<String>,
 
     /// error, warn, info, debug or trace [default: info]
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", global = true)]
     pub log_level: Option<String>,
 
     /// text, json or journald [default: text]
-    #[arg(long, value_name = "FMT")]
+    #[arg(long, value_name = "FMT", global = true)]
     pub log_format: Option<String>,
 
     /// Print the effective configuration (secrets as ***) and exit
@@ -182,4 +182,10 @@ pub enum ClientCommand {
         #[arg(long, value_name = "URL")]
         target: Option<String>,
     },
+    /// Sign in to an auth-mode server with GitHub and store the session token
+    ///
+    /// Runs GitHub's device flow through the server: open the page it names and
+    /// enter the code. With --token, stores that token instead (the one the
+    /// server's /auth/github page shows).
+    Login,
 }

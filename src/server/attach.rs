@@ -1,4 +1,5 @@
-//! `GET /new` issues channels; `GET /ws/{id}` attaches a client to one.
+//! `GET /new` issues channels; `GET /ws/{id}` attaches a client to one;
+//! `POST /channels/{id}/token` renews a channel's token (auth mode).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use uuid::Uuid;
 use warp::Reply;
 use warp::reply::Response;
 
-use super::auth::{TokenError, bearer};
+use super::auth::{SessionClaims, TokenError, bearer};
 use super::http::{RequestMeta, UpgradeSlot, error_response, json_response};
 use super::session::{self, MAX_STREAMS, Session};
 use super::{Relay, redeliver};
@@ -39,13 +40,24 @@ impl ChannelOptions {
     }
 }
 
-/// `GET /new`: issues a channel and its token.
+/// `GET /new`: issues a channel and its token. In auth mode the request
+/// needs a session token; the channel then belongs to its login and its
+/// token expires after `auth.channel_ttl`.
 pub fn new_channel(
     options: ChannelOptions,
     relay: Arc<Relay>,
     headers: HeaderMap,
     meta: RequestMeta,
 ) -> Response {
+    let config = relay.config();
+    let session = if config.auth.enabled() {
+        match check_session(&relay, &headers) {
+            Ok(session) => Some(session),
+            Err(message) => return error_response(StatusCode::UNAUTHORIZED, message),
+        }
+    } else {
+        None
+    };
     let offline = match options.offline() {
         Ok(offline) => offline,
         Err(error) => return error_response(StatusCode::BAD_REQUEST, &error),
@@ -60,9 +72,11 @@ pub fn new_channel(
             );
         }
     };
-    let token = relay.tokens().issue_channel(id, None, None);
+    let owner = session.as_ref().map(|session| session.sub.as_str());
+    let ttl = session.as_ref().map(|_| config.auth.channel_ttl);
+    let token = relay.tokens().issue_channel(id, owner, ttl);
     let webhook_url = format!("{}/webhook/{id}", relay.public_base(&headers, &meta));
-    info!(channel = %id, url = %webhook_url, "channel issued");
+    info!(channel = %id, url = %webhook_url, owner = owner.unwrap_or(""), "channel issued");
     json_response(
         StatusCode::OK,
         &serde_json::json!({
@@ -71,6 +85,89 @@ pub fn new_channel(
             "webhook_url": webhook_url,
         }),
     )
+}
+
+/// The body of `POST /channels/{id}/token`.
+#[derive(Debug, Deserialize)]
+pub struct RenewRequest {
+    /// The channel's current token, expired or not.
+    pub token: String,
+}
+
+/// `POST /channels/{id}/token`: a new token for the same channel, so its URL
+/// never changes. Needs a valid session of the channel's owner and the old
+/// token (checked for signature, not expiry) as proof of the channel.
+pub fn renew_token(
+    channel: String,
+    request: RenewRequest,
+    relay: Arc<Relay>,
+    headers: HeaderMap,
+    meta: RequestMeta,
+) -> Response {
+    let config = relay.config();
+    if !config.auth.enabled() {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "this server does not use sign-in: its channel tokens do not expire",
+        );
+    }
+    let session = match check_session(&relay, &headers) {
+        Ok(session) => session,
+        Err(message) => return error_response(StatusCode::UNAUTHORIZED, message),
+    };
+    let Ok(channel) = Uuid::parse_str(&channel) else {
+        return error_response(StatusCode::NOT_FOUND, "unknown channel");
+    };
+    let Ok((holder, claims)) = relay.tokens().verify_channel_for_renewal(&request.token) else {
+        return error_response(StatusCode::UNAUTHORIZED, "invalid channel token");
+    };
+    if holder != channel {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "the token belongs to another channel",
+        );
+    }
+    if claims.owner.as_deref() != Some(session.sub.as_str()) {
+        warn!(%channel, login = %session.sub, "renewal refused: not the channel's owner");
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "this channel belongs to another GitHub user",
+        );
+    }
+    let token =
+        relay
+            .tokens()
+            .issue_channel(channel, Some(&session.sub), Some(config.auth.channel_ttl));
+    let webhook_url = format!("{}/webhook/{channel}", relay.public_base(&headers, &meta));
+    info!(%channel, owner = %session.sub, "channel token renewed");
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "channel_id": channel,
+            "token": token,
+            "webhook_url": webhook_url,
+        }),
+    )
+}
+
+/// The session behind the request's bearer token, or why there is none
+/// (the message of a 401 that says what to do).
+fn check_session(relay: &Relay, headers: &HeaderMap) -> Result<SessionClaims, &'static str> {
+    let token = bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok()),
+    );
+    let Some(token) = token else {
+        return Err("sign-in required: run `wow-client login`");
+    };
+    relay
+        .tokens()
+        .verify_session(token)
+        .map_err(|error| match error {
+            TokenError::Expired => "the session token has expired: run `wow-client login`",
+            TokenError::Invalid => "invalid session token: run `wow-client login`",
+        })
 }
 
 /// A held channel is handed to a new attach when its connection does not
@@ -168,7 +265,8 @@ pub async fn attach(
 
 /// Refuses the attach unless the request carries this channel's token.
 /// An unknown channel is re-registered when its token is valid, so a server
-/// that lost its state never changes a URL.
+/// that lost its state never changes a URL. An expired token is 401 even
+/// for an unknown channel: it was signed here, and its holder can renew it.
 fn check_token(
     relay: &Relay,
     channel: Uuid,
@@ -188,14 +286,15 @@ fn check_token(
             }
             Ok(())
         }
+        Some(Err(TokenError::Expired)) => Err((
+            StatusCode::UNAUTHORIZED,
+            "the channel token has expired: renew it with a session token",
+        )),
         _ if !known => Err((StatusCode::NOT_FOUND, "unknown channel")),
         Some(Ok(_)) => Err((
             StatusCode::FORBIDDEN,
             "the token belongs to another channel",
         )),
-        Some(Err(TokenError::Expired)) => {
-            Err((StatusCode::UNAUTHORIZED, "the channel token has expired"))
-        }
         Some(Err(TokenError::Invalid)) | None => {
             Err((StatusCode::UNAUTHORIZED, "missing or invalid channel token"))
         }

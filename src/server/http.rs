@@ -8,6 +8,7 @@
 //! address, the raw request target, the upgrade handle) and goes to the warp
 //! routes.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,11 +30,13 @@ use tracing::{debug, warn};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::auth::bearer;
-use super::{Relay, attach, webhook};
+use super::{Relay, attach, auth, webhook};
 
 /// Headers per request at most (hyper's default is 100; some senders send more).
 const MAX_HEADERS: usize = 256;
+
+/// Largest JSON body of the auth routes, in bytes (a token and an id).
+const MAX_AUTH_BODY: u64 = 16 * 1024;
 
 /// What [`Frontend`] learns about a request before routing it.
 #[derive(Debug, Clone)]
@@ -174,6 +177,7 @@ fn head_len<B>(request: &Request<B>) -> usize {
 /// All routes of the server.
 pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let relay_for_guard = relay.clone();
+    let relay_for_auth = relay.clone();
     let with_relay = warp::any().map(move || relay.clone());
     let meta = warp::ext::get::<RequestMeta>();
 
@@ -206,6 +210,14 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .and(require_cluster_secret(relay_for_guard.clone()))
         .and(with_relay.clone())
         .map(|relay: Arc<Relay>| metrics_response(&relay));
+    let renew = warp::path!("channels" / String / "token")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_AUTH_BODY))
+        .and(warp::body::json::<attach::RenewRequest>())
+        .and(with_relay.clone())
+        .and(warp::header::headers_cloned())
+        .and(meta)
+        .map(attach::renew_token);
     let webhook = warp::path("webhook")
         .and(warp::path::param::<String>())
         .and(warp::method())
@@ -224,40 +236,93 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .unify()
         .or(metrics)
         .unify()
+        .or(renew)
+        .unify()
+        .or(auth_routes(relay_for_auth))
+        .unify()
         .or(webhook)
         .unify()
         .recover(rejection_response)
         .unify()
 }
 
-/// Demands `Authorization: Bearer <cluster.secret>` when a cluster secret
-/// is configured (for `/metrics`, `/internal/*`, `/traefik-config`).
+/// `/auth/github`, `/auth/callback`, `/auth/device` and `/auth/device/poll`.
+fn auth_routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with_relay = warp::any().map(move || relay.clone());
+    let meta = warp::ext::get::<RequestMeta>();
+    let begin = warp::path!("auth" / "github")
+        .and(warp::get())
+        .and(with_relay.clone())
+        .and(warp::header::headers_cloned())
+        .and(meta)
+        .map(auth::begin);
+    let callback = warp::path!("auth" / "callback")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_relay.clone())
+        .and(warp::header::headers_cloned())
+        .and(meta)
+        .then(auth::callback);
+    let device = warp::path!("auth" / "device")
+        .and(warp::post())
+        .and(with_relay.clone())
+        .and(warp::header::headers_cloned())
+        .and(meta)
+        .then(auth::start);
+    let poll = warp::path!("auth" / "device" / "poll")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_AUTH_BODY))
+        .and(warp::body::json::<auth::PollRequest>())
+        .and(with_relay)
+        .map(auth::poll);
+    begin
+        .or(callback)
+        .unify()
+        .or(device)
+        .unify()
+        .or(poll)
+        .unify()
+}
+
+/// A request refused by [`require_cluster_secret`].
+#[derive(Debug)]
+pub struct MissingClusterSecret;
+
+impl warp::reject::Reject for MissingClusterSecret {}
+
+/// Guards an internal endpoint (`/internal/*`, `/traefik-config`,
+/// `/metrics`): when `cluster.secret` is set, the request needs
+/// `Authorization: Bearer <cluster.secret>`, or it gets 401 JSON (through
+/// [`rejection_response`], which the routes recover with). Without a
+/// secret every request passes, and the server warns at start in auth mode.
+///
+/// ```text
+/// let metrics = warp::path!("metrics")
+///     .and(require_cluster_secret(relay.clone()))
+///     .map(|| …);
+/// ```
 pub fn require_cluster_secret(
     relay: Arc<Relay>,
 ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and_then(move |authorization: Option<String>| {
-            let secret = relay.config().cluster.secret.clone();
+            let relay = relay.clone();
             async move {
+                let config = relay.config();
+                let secret = config.cluster.secret.expose();
                 if secret.is_empty() {
                     return Ok(());
                 }
-                let offered = bearer(authorization.as_deref()).unwrap_or("");
-                if bool::from(offered.as_bytes().ct_eq(secret.expose().as_bytes())) {
+                let given = auth::bearer(authorization.as_deref()).unwrap_or("");
+                if bool::from(given.as_bytes().ct_eq(secret.as_bytes())) {
                     Ok(())
                 } else {
-                    Err(warp::reject::custom(Unauthorized))
+                    Err(warp::reject::custom(MissingClusterSecret))
                 }
             }
         })
         .untuple_one()
 }
-
-/// A request to an internal endpoint without the cluster secret.
-#[derive(Debug)]
-struct Unauthorized;
-
-impl warp::reject::Reject for Unauthorized {}
 
 /// `GET /metrics`: Prometheus text, gauges read at scrape time.
 fn metrics_response(relay: &Relay) -> Response {
@@ -284,11 +349,12 @@ fn readiness(relay: &Relay) -> Response {
     json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
 }
 
-async fn rejection_response(rejection: Rejection) -> Result<Response, Infallible> {
-    let response = if rejection.find::<Unauthorized>().is_some() {
+/// Turns a rejection into a JSON error.
+pub async fn rejection_response(rejection: Rejection) -> Result<Response, Infallible> {
+    let response = if rejection.find::<MissingClusterSecret>().is_some() {
         error_response(
             StatusCode::UNAUTHORIZED,
-            "this endpoint needs the cluster secret as a bearer token",
+            "this endpoint needs Authorization: Bearer <cluster.secret>",
         )
     } else if rejection.is_not_found() {
         error_response(StatusCode::NOT_FOUND, "not found")
@@ -317,4 +383,85 @@ pub fn set_retry_after(response: &mut Response) {
     response
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Secret;
+    use crate::config::ServerConfig;
+    use crate::server::Server;
+
+    fn relay(secret: &str) -> (tempfile::TempDir, Arc<Relay>) {
+        let state = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig {
+            state_dir: state.path().to_path_buf(),
+            ..ServerConfig::default()
+        };
+        config.cluster.secret = Secret::new(secret);
+        let relay = Server::new(config).unwrap().relay().clone();
+        (state, relay)
+    }
+
+    /// A tiny internal route behind the guard, as the real ones will be.
+    fn probe(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+        warp::path!("internal" / "probe")
+            .and(require_cluster_secret(relay))
+            .map(|| json_response(StatusCode::OK, &serde_json::json!({"ok": true})))
+            .recover(rejection_response)
+            .unify()
+    }
+
+    async fn status(
+        route: &(impl Filter<Extract = (Response,), Error = Infallible> + Clone + 'static),
+        authorization: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut request = warp::test::request().path("/internal/probe");
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.reply(route).await;
+        (
+            response.status(),
+            String::from_utf8_lossy(response.body()).into_owned(),
+        )
+    }
+
+    /// Every async test step is bounded by this.
+    const STEP: std::time::Duration = std::time::Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn internal_routes_need_the_cluster_secret_when_one_is_set() {
+        tokio::time::timeout(STEP, cluster_secret_is_checked())
+            .await
+            .expect("the test finishes in time");
+    }
+
+    async fn cluster_secret_is_checked() {
+        let (_state, relay) = relay("cluster-s3cret");
+        let route = probe(relay);
+        let (code, body) = status(&route, None).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("cluster.secret"), "{body}");
+        assert!(!body.contains("cluster-s3cret"), "{body}");
+        assert_eq!(
+            status(&route, Some("Bearer wrong")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&route, Some("Bearer cluster-s3cres")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&route, Some("Bearer cluster-s3cret")).await.0,
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_cluster_secret_internal_routes_are_open() {
+        let (_state, relay) = relay("");
+        let open = tokio::time::timeout(STEP, status(&probe(relay), None)).await;
+        assert_eq!(open.expect("the test finishes in time").0, StatusCode::OK);
+    }
 }

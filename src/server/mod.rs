@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use self::auth::Tokens;
+use self::auth::{SignIn, Tokens};
 use self::http::RequestMeta;
 use self::queue::Queue;
 use self::registry::Registry;
@@ -53,6 +53,7 @@ pub struct Relay {
     registry: Arc<Registry>,
     queue: Queue,
     tokens: Tokens,
+    sign_in: SignIn,
     draining: AtomicBool,
 }
 
@@ -76,6 +77,7 @@ impl Server {
             registry,
             queue,
             tokens,
+            sign_in: SignIn::new()?,
             draining: AtomicBool::new(false),
         });
         Ok(Server { relay })
@@ -100,6 +102,12 @@ impl Server {
         let address = listener.local_addr()?;
         let (known, _) = self.relay.registry.counts();
         info!(%address, channels = known, "listening");
+        let config = self.relay.config();
+        if config.auth.enabled() && config.cluster.secret.is_empty() {
+            warn!(
+                "auth mode is on but cluster.secret is unset: /metrics, /internal/* and /traefik-config answer anyone; set cluster.secret"
+            );
+        }
         let stop_accepting = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let serving = tokio::spawn(http::serve(
@@ -227,6 +235,11 @@ impl Relay {
         let (known, attached) = self.registry.counts();
         let plural = if known == 1 { "" } else { "s" };
         format!("{known} channel{plural}, {attached} attached")
+    }
+
+    /// GitHub sign-ins in progress.
+    pub fn sign_in(&self) -> &SignIn {
+        &self.sign_in
     }
 
     /// Whether the server is shutting down.

@@ -1,10 +1,12 @@
-//! Tokens: channel JWTs that prove who may attach to a channel.
+//! Tokens: channel JWTs that prove who may attach to a channel, and
+//! session JWTs that prove who signed in with GitHub.
 //!
 //! Tokens are HS256 JWTs signed with `auth.jwt_secret`, or, when none is
 //! configured, with a random key the server creates once and keeps in its
 //! state dir (so tokens stay valid across restarts). Every other algorithm,
 //! `alg: none` included, is refused. Expiry allows [`CLOCK_SKEW`] of
-//! difference between clocks.
+//! difference between clocks. A `kind` claim keeps the two apart: a session
+//! token never attaches to a channel and a channel token never signs in.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,6 +57,19 @@ pub struct ChannelClaims {
     pub owner: Option<String>,
 }
 
+/// The claims of a session token (auth mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    /// The GitHub login.
+    pub sub: String,
+    /// Always [`TokenKind::Session`].
+    pub kind: TokenKind,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -70,7 +85,12 @@ pub enum TokenError {
 pub struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Channel tokens: `sub` required, `exp` checked when present.
     validation: Validation,
+    /// Session tokens: `sub` and `exp` required.
+    session_validation: Validation,
+    /// Channel tokens being renewed: signature checked, expiry not.
+    renewal_validation: Validation,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -123,10 +143,16 @@ impl Tokens {
         validation.set_required_spec_claims(&["sub"]);
         validation.validate_exp = true;
         validation.leeway = CLOCK_SKEW.as_secs();
+        let mut session_validation = validation.clone();
+        session_validation.set_required_spec_claims(&["sub", "exp"]);
+        let mut renewal_validation = validation.clone();
+        renewal_validation.validate_exp = false;
         Ok(Tokens {
             encoding: EncodingKey::from_secret(secret)?,
             decoding: DecodingKey::from_secret(secret)?,
             validation,
+            session_validation,
+            renewal_validation,
         })
     }
 
@@ -155,16 +181,75 @@ impl Tokens {
     ///
     /// [`TokenError::Expired`] or [`TokenError::Invalid`].
     pub fn verify_channel(&self, token: &str) -> Result<(Uuid, ChannelClaims), TokenError> {
-        let data = jsonwebtoken::decode::<ChannelClaims>(token, &self.decoding, &self.validation)
-            .map_err(|error| match error.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            _ => TokenError::Invalid,
-        })?;
-        if data.claims.kind != TokenKind::Channel {
+        self.channel_claims(token, &self.validation)
+    }
+
+    /// Checks a channel token's signature, algorithm and kind but not its
+    /// expiry: the proof of ownership a renewal needs.
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Invalid`].
+    pub fn verify_channel_for_renewal(
+        &self,
+        token: &str,
+    ) -> Result<(Uuid, ChannelClaims), TokenError> {
+        self.channel_claims(token, &self.renewal_validation)
+    }
+
+    fn channel_claims(
+        &self,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<(Uuid, ChannelClaims), TokenError> {
+        let claims = self.decode::<ChannelClaims>(token, validation)?;
+        if claims.kind != TokenKind::Channel {
             return Err(TokenError::Invalid);
         }
-        let channel = Uuid::parse_str(&data.claims.sub).map_err(|_| TokenError::Invalid)?;
-        Ok((channel, data.claims))
+        let channel = Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Invalid)?;
+        Ok((channel, claims))
+    }
+
+    /// Issues a session token for the GitHub user `login`, valid for `ttl`.
+    pub fn issue_session(&self, login: &str, ttl: Duration) -> String {
+        let now = unix_now();
+        let claims = SessionClaims {
+            sub: login.to_owned(),
+            kind: TokenKind::Session,
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signs any serializable claims")
+    }
+
+    /// Checks a session token and returns its claims (`sub` is the login).
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError::Expired`] or [`TokenError::Invalid`] (a channel token
+    /// included).
+    pub fn verify_session(&self, token: &str) -> Result<SessionClaims, TokenError> {
+        let claims = self.decode::<SessionClaims>(token, &self.session_validation)?;
+        if claims.kind != TokenKind::Session || claims.sub.is_empty() {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<T, TokenError> {
+        jsonwebtoken::decode::<T>(token, &self.decoding, validation)
+            .map(|data| data.claims)
+            .map_err(|error| match error.kind() {
+                // The signature is checked before the claims, so an expired
+                // token is one this server signed.
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
     }
 }
 
@@ -238,6 +323,55 @@ mod tests {
         assert_eq!(tokens().verify_channel(&unsigned), Err(TokenError::Invalid));
         assert_eq!(
             tokens().verify_channel("not a jwt"),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn session_and_channel_tokens_never_stand_in_for_each_other() {
+        let tokens = tokens();
+        let session = tokens.issue_session("octocat", Duration::from_secs(60));
+        assert_eq!(tokens.verify_session(&session).unwrap().sub, "octocat");
+        assert_eq!(tokens.verify_channel(&session), Err(TokenError::Invalid));
+
+        let channel = tokens.issue_channel(Uuid::new_v4(), Some("octocat"), None);
+        assert_eq!(tokens.verify_session(&channel), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn an_expired_session_is_told_apart_and_renewal_ignores_channel_expiry() {
+        let key = EncodingKey::from_secret(b"test-secret-for-unit-tests").unwrap();
+        let past = unix_now() - 3600;
+        let session = SessionClaims {
+            sub: "octocat".into(),
+            kind: TokenKind::Session,
+            iat: 1,
+            exp: past,
+        };
+        let session = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &session, &key).unwrap();
+        assert_eq!(tokens().verify_session(&session), Err(TokenError::Expired));
+
+        let channel = Uuid::new_v4();
+        let claims = ChannelClaims {
+            sub: channel.to_string(),
+            kind: TokenKind::Channel,
+            iat: 1,
+            exp: Some(past),
+            owner: Some("octocat".into()),
+        };
+        let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        assert_eq!(tokens().verify_channel(&expired), Err(TokenError::Expired));
+        let (renewed, claims) = tokens().verify_channel_for_renewal(&expired).unwrap();
+        assert_eq!(renewed, channel);
+        assert_eq!(claims.owner.as_deref(), Some("octocat"));
+
+        let forged = Tokens::from_secret(b"another key").unwrap().issue_channel(
+            channel,
+            Some("octocat"),
+            None,
+        );
+        assert_eq!(
+            tokens().verify_channel_for_renewal(&forged),
             Err(TokenError::Invalid)
         );
     }

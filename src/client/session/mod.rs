@@ -1,5 +1,12 @@
 //! One profile's tunnel: get its channel, attach, serve requests, and
 //! reconnect forever with backoff.
+//!
+//! On an auth-mode server the session token (the profile's `token`, else
+//! the one `wow-client login` stored for the server) asks `/new` for the
+//! channel, and renews the channel's token for the same channel when it
+//! expires or nears its expiry, so the webhook URL never changes.
+
+mod renewal;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, trace, warn};
 
+use self::renewal::with_login_fix;
 use super::Shared;
 use super::forward::Forwarder;
 use super::history::Recorder;
@@ -72,6 +80,9 @@ enum AttachError {
     Refused(ClientError),
     /// Something passing (network, 5xx, channel still held); retry.
     Retry(String),
+    /// The channel token was not accepted (401): renewing it may help;
+    /// otherwise the refusal stands.
+    Unauthorized(ClientError),
 }
 
 /// What an attempt achieved.
@@ -176,6 +187,8 @@ impl Tunnel {
     async fn run_inner(self, shutdown: CancellationToken) -> Result<(), ClientError> {
         let mut attempt: u32 = 0;
         let mut channel: Option<ChannelRecord> = None;
+        // One renewal per refusal: a renewed token that is refused too is final.
+        let mut renewed = false;
         loop {
             let outcome = match channel.clone() {
                 Some(record) => self.attach_and_serve(&record, attempt, &shutdown).await,
@@ -189,6 +202,7 @@ impl Tunnel {
                 Ok(Progress::Served(Served::Shutdown)) => return Ok(()),
                 Ok(Progress::Served(Served::Ended(ended))) => {
                     attempt = 0;
+                    renewed = false;
                     if ended == Ended::PeerClosed(Some(CloseCode::Away)) {
                         info!(reason = %ended, "server is going away: reconnecting now");
                         continue;
@@ -196,6 +210,22 @@ impl Tunnel {
                     ended.to_string()
                 }
                 Err(AttachError::Refused(error)) => return Err(error),
+                Err(AttachError::Unauthorized(refusal)) => {
+                    let Some(record) = channel.as_ref().filter(|_| !renewed) else {
+                        return Err(refusal);
+                    };
+                    match self.renew(record, refusal).await {
+                        Ok(record) => {
+                            channel = Some(record);
+                            renewed = true;
+                            continue;
+                        }
+                        Err(AttachError::Retry(cause)) => cause,
+                        Err(AttachError::Refused(error) | AttachError::Unauthorized(error)) => {
+                            return Err(error);
+                        }
+                    }
+                }
                 Err(AttachError::Retry(cause)) => cause,
             };
             attempt = attempt.saturating_add(1);
@@ -222,7 +252,7 @@ impl Tunnel {
             .load_channel(&profile.name, &profile.server_url)
             .map_err(|error| AttachError::Refused(ClientError::State(format!("{error:#}"))))?;
         if let Some(saved) = saved {
-            return Ok(saved);
+            return Ok(self.renew_early(saved).await);
         }
         let record = self.new_channel().await?;
         self.state
@@ -235,8 +265,8 @@ impl Tunnel {
     async fn new_channel(&self) -> Result<ChannelRecord, AttachError> {
         let url = format!("{}/new{}", self.profile.server_url, self.options());
         let mut request = self.http.get(&url);
-        if !self.profile.token.is_empty() {
-            request = request.bearer_auth(self.profile.token.expose());
+        if let Some(session) = self.session()? {
+            request = request.bearer_auth(session.expose());
         }
         let response = request
             .send()
@@ -245,9 +275,11 @@ impl Tunnel {
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let message = error_message(response.bytes().await.unwrap_or_default());
+            let server = &self.profile.server_url;
             return Err(AttachError::Refused(ClientError::ChannelRefused(format!(
-                "{} refused to issue a channel ({status}: {message}); run `wow-client login` to sign in",
-                self.profile.server_url
+                "{server} refused to issue a channel for profile {} ({status}): {}",
+                self.profile.name,
+                with_login_fix(&message, server)
             ))));
         }
         if !status.is_success() {
@@ -343,7 +375,11 @@ impl Tunnel {
         let profile = &self.profile.name;
         let fix = match status {
             StatusCode::NOT_FOUND => "the server does not know this channel",
-            StatusCode::UNAUTHORIZED => "the server does not accept this channel's token",
+            StatusCode::UNAUTHORIZED => {
+                return AttachError::Unauthorized(ClientError::ChannelRefused(format!(
+                    "{server} refused the channel of profile {profile}: the server does not accept this channel's token ({status}: {message}); run `wow-client --reset-channel` to get a new webhook URL"
+                )));
+            }
             StatusCode::FORBIDDEN => "the token belongs to another channel",
             StatusCode::BAD_REQUEST => {
                 return AttachError::Refused(ClientError::ChannelRefused(format!(
