@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use futures::{Stream, StreamExt};
-use http_body_util::BodyExt;
 use http::header::HeaderMap;
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 use uuid::Uuid;
@@ -181,7 +181,10 @@ async fn from_sender(
         }
         // Order holds: while the queue here is not empty, new webhooks join it.
         _ if default == OfflinePolicy::Queue && relay.queue().has_pending(channel) => {
-            let offline = relay.registry().get(channel).and_then(|known| known.offline);
+            let offline = relay
+                .registry()
+                .get(channel)
+                .and_then(|known| known.offline);
             (Destination::Here, offline.unwrap_or(default))
         }
         lookup => {
@@ -195,9 +198,10 @@ async fn from_sender(
                 None => Route::Unknown,
             };
             match (route, cluster) {
-                (Route::Peer(server_url), Some(cluster)) => {
-                    (Destination::Peer(cluster, server_url), local.unwrap_or(default))
-                }
+                (Route::Peer(server_url), Some(cluster)) => (
+                    Destination::Peer(cluster, server_url),
+                    local.unwrap_or(default),
+                ),
                 (Route::Offline(remote), _) => {
                     (Destination::Here, local.or(remote).unwrap_or(default))
                 }
@@ -304,7 +308,13 @@ async fn from_peer(
         return too_large();
     }
     let suffix = path_suffix(arrived.meta.uri.path());
-    let head = peer_head(arrived.method, suffix, arrived.headers, &arrived.meta.uri, peer);
+    let head = peer_head(
+        arrived.method,
+        suffix,
+        arrived.headers,
+        &arrived.meta.uri,
+        peer,
+    );
     let queue_first = policy == OfflinePolicy::Queue && relay.queue().has_pending(channel);
     let mut response = match (peer.kind, session) {
         (Kind::Handoff, Some(session)) => {

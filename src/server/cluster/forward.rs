@@ -315,7 +315,12 @@ pub async fn send(
 ) -> Result<Response<Incoming>, Failed> {
     let (authority, request_head) = match build(key, outbound) {
         Ok(built) => built,
-        Err(reason) => return Err(Failed { reason, body: Some(body) }),
+        Err(reason) => {
+            return Err(Failed {
+                reason,
+                body: Some(body),
+            });
+        }
     };
     let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&authority)).await;
     let stream = match connected {
@@ -324,10 +329,11 @@ pub async fn send(
         Err(_) => return Err(failed_unsent("connect timed out".to_owned(), body)),
     };
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-        Ok(handshake) => handshake,
-        Err(error) => return Err(failed_unsent(format!("handshake failed: {error}"), body)),
-    };
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(handshake) => handshake,
+            Err(error) => return Err(failed_unsent(format!("handshake failed: {error}"), body)),
+        };
     let driver = tokio::spawn(connection);
 
     let progress = Progress::new();
@@ -376,7 +382,10 @@ fn failed_unsent(reason: String, body: PeerBody) -> Failed {
 }
 
 /// The peer's `host:port` and the request head, signed.
-fn build(key: &ForwardKey, outbound: &Outbound<'_>) -> Result<(String, http::request::Builder), String> {
+fn build(
+    key: &ForwardKey,
+    outbound: &Outbound<'_>,
+) -> Result<(String, http::request::Builder), String> {
     let base: Uri = outbound
         .server_url
         .parse()
@@ -441,7 +450,9 @@ impl Kept {
         }
         let rest = self.rest.take()?;
         let sent = self.sent.take().unwrap_or_default();
-        Some(Box::pin(futures::stream::iter(sent.into_iter().map(Ok)).chain(rest)))
+        Some(Box::pin(
+            futures::stream::iter(sent.into_iter().map(Ok)).chain(rest),
+        ))
     }
 }
 
@@ -487,7 +498,8 @@ impl Drop for Tee {
 
 fn lock(kept: &Mutex<Kept>) -> MutexGuard<'_, Kept> {
     // Nothing panics while holding this lock.
-    kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    kept.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What the holder said happened to a forwarded request.
@@ -522,8 +534,10 @@ mod tests {
         head.received_at_ms = Some(1_700_000_000_000);
         head.headers
             .append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        head.headers
-            .append("x-forwarded-host", HeaderValue::from_static("hooks.example.com"));
+        head.headers.append(
+            "x-forwarded-host",
+            HeaderValue::from_static("hooks.example.com"),
+        );
         let channel = Uuid::new_v4();
         let outbound = Outbound {
             server_url: "http://127.0.0.2:8080",
@@ -605,9 +619,16 @@ mod tests {
     fn without_a_cluster_secret_the_jwt_secret_keys_the_marker() {
         let (method, uri, headers) = signed_request(&ForwardKey::new("", "jwt"), Kind::Live);
         let same = ForwardKey::new("", "jwt");
-        assert!(same.verify(&method, &uri, &headers, SystemTime::now()).is_ok());
+        assert!(
+            same.verify(&method, &uri, &headers, SystemTime::now())
+                .is_ok()
+        );
         let other = ForwardKey::new("", "other-jwt");
-        assert!(other.verify(&method, &uri, &headers, SystemTime::now()).is_err());
+        assert!(
+            other
+                .verify(&method, &uri, &headers, SystemTime::now())
+                .is_err()
+        );
         assert!(!format!("{same:?}").contains("jwt"));
     }
 }

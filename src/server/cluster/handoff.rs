@@ -134,7 +134,10 @@ async fn run(relay: Arc<Relay>, cluster: Arc<Cluster>, channel: Uuid, holder: St
             None => {
                 failures = 0;
                 if let Err(error) = queue.remove(&queued).await {
-                    warn!(error = format!("{error:#}"), "cannot remove a handed-over delivery");
+                    warn!(
+                        error = format!("{error:#}"),
+                        "cannot remove a handed-over delivery"
+                    );
                 }
                 drop(mine);
             }

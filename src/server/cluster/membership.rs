@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use futures::future::join_all;
+use memberlist::Options;
 use memberlist::delegate::{CompositeDelegate, NodeDelegate, VoidDelegate};
 use memberlist::net::NetTransportOptions;
 use memberlist::proto::{
     ChecksumAlgorithm, EncryptionAlgorithm, MaybeResolvedAddress, Meta, NodeId, SecretKey, State,
 };
-use memberlist::Options;
 use memberlist::tokio::{TokioSocketAddrResolver, TokioTcp, TokioTcpMemberlist};
 use sha2::{Digest, Sha256};
 use tracing::debug;
@@ -92,8 +92,9 @@ impl Membership {
         let meta = Meta::try_from(settings.server_url.as_str())
             .map_err(|error| anyhow!("server_url too long for node metadata: {error}"))?;
         let delegate = CompositeDelegate::new().with_node_delegate(Advertised(meta));
-        let mut transport = NetTransportOptions::<NodeId, TokioSocketAddrResolver, TokioTcp>::new(id)
-            .with_advertise_address(settings.advertise);
+        let mut transport =
+            NetTransportOptions::<NodeId, TokioSocketAddrResolver, TokioTcp>::new(id)
+                .with_advertise_address(settings.advertise);
         transport.add_bind_address(settings.bind);
         let options = gossip_options(settings.secret.as_deref());
         let list = List::with_delegate(delegate, transport, options)
@@ -140,7 +141,11 @@ impl Membership {
             }
             joined.is_ok()
         });
-        join_all(joins).await.into_iter().filter(|joined| *joined).count()
+        join_all(joins)
+            .await
+            .into_iter()
+            .filter(|joined| *joined)
+            .count()
     }
 
     /// Every member not known to be dead or gone, this replica included.

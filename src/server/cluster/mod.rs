@@ -34,14 +34,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use self::forward::ForwardKey;
 pub use self::forward::{
     BoxError, Failed, Kind, MarkerError, Outbound, PeerBody, PeerRequest, X_WOW_OUTCOME,
     is_peer_header, peer_head, set_outcome,
 };
-pub use self::peers::{ChannelList, ChannelState};
-use self::forward::ForwardKey;
 use self::membership::{Member, Membership, Settings};
 use self::peers::Peers;
+pub use self::peers::{ChannelList, ChannelState};
 use self::traefik::Holdings;
 use super::Relay;
 use super::registry::Lookup;
@@ -49,6 +49,13 @@ use crate::config::{OfflinePolicy, ServerConfig};
 
 /// Resolving one peer name may take this long.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A peer whose channels could not be fetched for two sync intervals (and
+/// at least this long) is left out of routes and forwarding, even while
+/// the gossip still calls it alive (a frozen process answers neither).
+/// With one fetch per interval this stays within the max(3 × interval,
+/// 10 s) in which a dead replica must leave the routes.
+const STALE_AFTER_MIN: Duration = Duration::from_secs(5);
 
 /// Where a webhook for a channel this replica does not hold should go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +122,7 @@ impl Cluster {
             server_url,
             joined: AtomicBool::new(membership.is_none()),
             membership,
-            peers: Peers::new((interval * 2).max(Duration::from_secs(8))),
+            peers: Peers::new((interval * 2).max(STALE_AFTER_MIN)),
             key: ForwardKey::new(cluster.secret.expose(), config.auth.jwt_secret.expose()),
             sync_interval: interval,
             handoffs: Mutex::new(HashSet::new()),
@@ -297,7 +304,12 @@ impl Cluster {
             .filter(|member| member.name != membership.name())
             .collect();
         if !self.joined.swap(true, Ordering::Relaxed) {
-            info!(candidates = candidates.len(), answered, peers = others.len(), "joined the cluster");
+            info!(
+                candidates = candidates.len(),
+                answered,
+                peers = others.len(),
+                "joined the cluster"
+            );
         }
         log_changes(known, &others);
 
@@ -360,9 +372,12 @@ fn advertise_ip(configured: &str, listen: IpAddr, clustered: bool) -> anyhow::Re
     if !listen.is_unspecified() {
         return Ok(listen);
     }
-    let found = getifs::local_ipv4_addrs()
-        .ok()
-        .and_then(|addrs| addrs.iter().map(|net| net.addr()).find(|ip| !ip.is_loopback()));
+    let found = getifs::local_ipv4_addrs().ok().and_then(|addrs| {
+        addrs
+            .iter()
+            .map(|net| net.addr())
+            .find(|ip| !ip.is_loopback())
+    });
     match found {
         Some(ip) => Ok(IpAddr::V4(ip)),
         None if clustered => anyhow::bail!(

@@ -71,7 +71,11 @@ pub fn dynamic_config(replicas: &[Holdings]) -> Value {
         services.insert(service.clone(), load_balancer(&servers));
         routers.insert(
             format!("wow-ws-{channel}"),
-            router(&format!("PathPrefix(`/ws/{channel}`)"), &service, CHANNEL_PRIORITY),
+            router(
+                &format!("PathPrefix(`/ws/{channel}`)"),
+                &service,
+                CHANNEL_PRIORITY,
+            ),
         );
         if holder.contains_key(channel) {
             routers.insert(
@@ -156,7 +160,12 @@ mod tests {
         );
         let default = &http["routers"][DEFAULT_ROUTER];
         assert_eq!(default["priority"], 1);
-        assert!(default["rule"].as_str().unwrap().contains("PathPrefix(`/new`)"));
+        assert!(
+            default["rule"]
+                .as_str()
+                .unwrap()
+                .contains("PathPrefix(`/new`)")
+        );
         assert_eq!(
             http["services"][REPLICAS_SERVICE]["loadBalancer"]["servers"]
                 .as_array()
@@ -184,8 +193,7 @@ mod tests {
         ];
         let config = dynamic_config(&replicas);
         assert_eq!(
-            config["http"]["services"][format!("wow-channel-{}", id(1))]["loadBalancer"]
-                ["servers"],
+            config["http"]["services"][format!("wow-channel-{}", id(1))]["loadBalancer"]["servers"],
             json!([{ "url": "http://10.0.0.1:8080" }])
         );
     }
