@@ -546,3 +546,31 @@ async fn a_frozen_replica_delays_no_answer_and_leaves_the_routes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_single_server_takes_no_forwarded_requests() {
+    within(STEP, async {
+        let mut app = start_app(|_| Reply::new(200, "ok")).await;
+        let tunnel = tunnel(&app.url).await;
+        let response = sender()
+            .post(&tunnel.webhook_url)
+            .header("X-Wow-Peer", "v1 handoff 1700000000 00")
+            .header("X-Wow-Peer-Delivery", uuid::Uuid::new_v4().to_string())
+            .header("X-Forwarded-For", "6.6.6.6")
+            .body("plain")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let seen = app.request().await;
+        assert_eq!(seen.body, b"plain");
+        assert!(
+            seen.headers
+                .iter()
+                .all(|(name, _)| !name.starts_with("x-wow-peer"))
+        );
+        assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+        assert!(seen.header("x-wow-redelivered").is_none());
+    })
+    .await;
+}

@@ -174,40 +174,9 @@ async fn from_sender(
     retain(&mut arrived.headers, |name| !is_peer_header(name));
     let channel = arrived.channel;
     let config = relay.config();
-    let default = config.channels.offline;
-    let (destination, policy) = match relay.registry().lookup(channel) {
-        Lookup::Attached { session, offline } => {
-            (Destination::Session(session), offline.unwrap_or(default))
-        }
-        // Order holds: while the queue here is not empty, new webhooks join it.
-        _ if default == OfflinePolicy::Queue && relay.queue().has_pending(channel) => {
-            let offline = relay
-                .registry()
-                .get(channel)
-                .and_then(|known| known.offline);
-            (Destination::Here, offline.unwrap_or(default))
-        }
-        lookup => {
-            let (known, local) = match lookup {
-                Lookup::Offline { offline } => (true, offline),
-                _ => (false, None),
-            };
-            let route = match &cluster {
-                Some(cluster) => cluster.route(relay, channel, known).await,
-                None if known => Route::Offline(None),
-                None => Route::Unknown,
-            };
-            match (route, cluster) {
-                (Route::Peer(server_url), Some(cluster)) => (
-                    Destination::Peer(cluster, server_url),
-                    local.unwrap_or(default),
-                ),
-                (Route::Offline(remote), _) => {
-                    (Destination::Here, local.or(remote).unwrap_or(default))
-                }
-                _ => return error_response(StatusCode::NOT_FOUND, "unknown channel"),
-            }
-        }
+    let (destination, policy) = match destination(relay, cluster, channel).await {
+        Some(found) => found,
+        None => return error_response(StatusCode::NOT_FOUND, "unknown channel"),
     };
     if declared_length(&arrived.headers).is_some_and(|length| length > config.limits.max_body) {
         tokio::spawn(discard(body));
@@ -234,6 +203,43 @@ async fn from_sender(
         }
         _ if policy == OfflinePolicy::Reject && !queue_first => offline(),
         _ => enqueue(relay, channel, &head, body).await,
+    }
+}
+
+/// Where a sender's webhook for `channel` goes, and the channel's offline
+/// policy; `None` when no replica knows the channel.
+async fn destination(
+    relay: &Relay,
+    cluster: Option<Arc<Cluster>>,
+    channel: Uuid,
+) -> Option<(Destination, OfflinePolicy)> {
+    let default = relay.config().channels.offline;
+    let lookup = relay.registry().lookup(channel);
+    let (known, local) = match &lookup {
+        Lookup::Attached { offline, .. } | Lookup::Offline { offline } => (true, *offline),
+        Lookup::Unknown => (false, None),
+    };
+    if let Lookup::Attached { session, .. } = lookup {
+        return Some((Destination::Session(session), local.unwrap_or(default)));
+    }
+    // Order holds: while the queue here is not empty, new webhooks join it.
+    let policy = local.unwrap_or(default);
+    if policy == OfflinePolicy::Queue && relay.queue().has_pending(channel) {
+        return Some((Destination::Here, policy));
+    }
+    let route = match &cluster {
+        Some(cluster) => cluster.route(relay, channel, known).await,
+        None if known => Route::Offline(None),
+        None => Route::Unknown,
+    };
+    match (route, cluster) {
+        (Route::Peer(server_url), Some(cluster)) => {
+            Some((Destination::Peer(cluster, server_url), policy))
+        }
+        (Route::Offline(remote), _) => {
+            Some((Destination::Here, local.or(remote).unwrap_or(default)))
+        }
+        _ => None,
     }
 }
 

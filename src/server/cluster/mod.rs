@@ -213,7 +213,10 @@ impl Cluster {
         sent
     }
 
-    /// Checks the marker of a request that says another replica forwarded it.
+    /// Checks the marker of a request that says another replica forwarded
+    /// it. A server without peers takes no forwarded requests (its key
+    /// may be derived from nothing secret): `Ok(None)`, and the marker is
+    /// dropped with the sender's other `X-Wow-Peer*` headers.
     ///
     /// # Errors
     ///
@@ -224,6 +227,9 @@ impl Cluster {
         uri: &http::Uri,
         headers: &http::HeaderMap,
     ) -> Result<Option<PeerRequest>, MarkerError> {
+        if self.membership.is_none() {
+            return Ok(None);
+        }
         self.key
             .verify(method, uri, headers, std::time::SystemTime::now())
     }
@@ -278,7 +284,11 @@ impl Cluster {
         let mut known: BTreeSet<(String, String)> = BTreeSet::new();
         loop {
             if let Some(membership) = &self.membership {
-                self.sync(&relay, membership, &mut known).await;
+                // A round waits on DNS and peers: leaving must not wait for it.
+                tokio::select! {
+                    () = self.sync(&relay, membership, &mut known) => {}
+                    () = self.stop.cancelled() => return,
+                }
             }
             handoff::supervise(&relay, &self);
             tokio::select! {
