@@ -114,3 +114,34 @@ fn traefik_polls_the_cluster_with_the_bearer() {
         assert!(nginx.contains(needle), "wow.conf lacks {needle:?}");
     }
 }
+
+#[tokio::test]
+async fn cluster_addresses_that_are_not_ips_are_configuration_errors() {
+    within(STEP, async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("server.toml");
+        std::fs::write(
+            &config,
+            "[auth]\njwt_secret = \"a-shared-secret\"\n[cluster]\npeers = [\"10.0.0.2:7946\"]\n\
+             bind_addr = \"eth0\"\nadvertise_addr = \"pod.example\"\n",
+        )
+        .unwrap();
+        let mut check = spawn_binary(
+            "wow-server",
+            &["--check-config", "--config", config.to_str().unwrap()],
+            None,
+            "",
+        );
+        assert_eq!(exit_code(&mut check).await, Some(2));
+        let stderr = check.all_stderr().await;
+        assert!(
+            stderr.contains("cluster.bind_addr: \"eth0\" is not an IP address"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("cluster.advertise_addr: \"pod.example\""),
+            "{stderr}"
+        );
+    })
+    .await;
+}
