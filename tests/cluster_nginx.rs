@@ -48,7 +48,15 @@ async fn post(
 async fn restart_holder(replicas: &mut [Replica], channel: uuid::Uuid) -> Duration {
     let index = holder(replicas, channel).await.unwrap_or(0);
     let started = Instant::now();
-    replicas[index].restart().await;
+    let logged = replicas[index].restart().await;
+    // It left the gossip before it told its client to go.
+    let left = logged
+        .find("left the cluster")
+        .expect("the replica left the cluster");
+    let detached = logged
+        .find("client detached")
+        .expect("its client was detached");
+    assert!(left < detached, "{logged}");
     let url = replicas[index].url.clone();
     eventually(STEP, "the restarted replica is ready", || {
         let url = url.clone();

@@ -127,7 +127,7 @@ where
     };
     let arrived = Arrived {
         channel,
-        method,
+        method: method.clone(),
         headers,
         meta,
     };
@@ -145,6 +145,7 @@ where
     };
     debug!(
         %channel,
+        %method,
         status = response.status().as_u16(),
         elapsed = ?started.elapsed(),
         "webhook answered"

@@ -147,11 +147,14 @@ pub async fn start_replica(spec: Spec) -> Replica {
 }
 
 impl Replica {
-    /// SIGTERM, wait for the exit, start again on the same addresses and state.
-    pub async fn restart(&mut self) {
+    /// SIGTERM, wait for the exit, start again on the same addresses and
+    /// state. Returns what the stopped process logged.
+    pub async fn restart(&mut self) -> String {
         signal(self.process.pid(), "TERM");
         assert_eq!(exit_code(&mut self.process).await, Some(0));
+        let logged = self.process.all_stderr().await;
         self.process = spawn(&self.spec, self.state.path(), &self.config).await;
+        logged
     }
 
     /// SIGKILL, and wait until the process is gone.

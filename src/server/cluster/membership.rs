@@ -23,6 +23,8 @@ use memberlist::tokio::{TokioSocketAddrResolver, TokioTcp, TokioTcpMemberlist};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
+use crate::Secret;
+
 /// A leave waits at most this long for its broadcast to go out.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -42,7 +44,7 @@ pub struct Settings {
     /// `http://{advertise_addr}:{port}`, carried as node metadata.
     pub server_url: String,
     /// The cluster secret, if any: its SHA-256 keys the gossip.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
 }
 
 /// A replica the gossip reports alive (or suspected, not yet dead).
@@ -96,7 +98,7 @@ impl Membership {
             NetTransportOptions::<NodeId, TokioSocketAddrResolver, TokioTcp>::new(id)
                 .with_advertise_address(settings.advertise);
         transport.add_bind_address(settings.bind);
-        let options = gossip_options(settings.secret.as_deref());
+        let options = gossip_options(settings.secret.as_ref().map(Secret::expose));
         let list = List::with_delegate(delegate, transport, options)
             .await
             .map_err(|error| {

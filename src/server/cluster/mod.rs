@@ -109,7 +109,7 @@ impl Cluster {
                 bind: SocketAddr::new(bind, port),
                 advertise: SocketAddr::new(advertise, port),
                 server_url: server_url.clone(),
-                secret: (!cluster.secret.is_empty()).then(|| cluster.secret.expose().to_owned()),
+                secret: (!cluster.secret.is_empty()).then(|| cluster.secret.clone()),
             };
             let membership = Membership::start(settings).await?;
             info!(node = membership.name(), %server_url, gossip = %SocketAddr::new(bind, port), "cluster gossip started");
