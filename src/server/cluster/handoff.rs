@@ -15,7 +15,8 @@ use http_body_util::BodyExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
-use super::forward::{self, BoxError, Kind, Outbound, PeerBody};
+use super::forward::{self, BoxError, Outbound, PeerBody};
+use super::marker::Kind;
 use super::{Cluster, Relay};
 use crate::server::queue::Queued;
 use crate::server::redeliver::{RETRY_BASE, RETRY_CAP};
