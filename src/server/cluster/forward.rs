@@ -25,7 +25,7 @@ use http_body_util::StreamBody;
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tracing::debug;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::marker::{
@@ -282,15 +282,14 @@ pub fn outcome(response: &Response<Incoming>) -> Option<&str> {
     header_text(response.headers(), &X_WOW_OUTCOME)
 }
 
-/// Logs a failed forward.
+/// Logs a failed forward: at `info` when the request is handled here
+/// instead, at `warn` when it is lost for the sender (who gets 502).
 pub fn log_failure(server_url: &str, channel: Uuid, failed: &Failed) {
-    debug!(
-        %channel,
-        peer = %server_url,
-        reason = %failed.reason,
-        replayable = failed.body.is_some(),
-        "forward to the holding replica failed"
-    );
+    if failed.body.is_some() {
+        info!(%channel, peer = %server_url, reason = %failed.reason, "holding replica unreachable: keeping the request here");
+    } else {
+        warn!(%channel, peer = %server_url, reason = %failed.reason, "holding replica failed mid-request");
+    }
 }
 
 /// Marks the answer to a forwarded request with what happened to it.
