@@ -14,13 +14,15 @@ use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, reload};
 use crate::config::{LogFormat, LogLevel};
 
 /// Dependencies whose own logs say little to an operator at `info`.
-const QUIET_TARGETS: [&str; 6] = [
+const QUIET_TARGETS: [&str; 8] = [
     "hyper",
     "hyper_util",
     "h2",
     "rustls",
     "tungstenite",
     "tokio_tungstenite",
+    "memberlist_core",
+    "memberlist_net",
 ];
 
 /// Prefix of our own fields in journal entries, so that an event field can

@@ -9,7 +9,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `wow_webhooks_total` | counter | `outcome` = delivered, queued, rejected, failed; `class` = 2xx…5xx |
+//! | `wow_webhooks_total` | counter | `outcome` = delivered, queued, forwarded, rejected, failed; `class` = 2xx…5xx |
 //! | `wow_delivery_duration_seconds` | histogram | — (arrival to the app's response head) |
 //! | `wow_request_bytes_total` | counter | — (body bytes from senders) |
 //! | `wow_response_bytes_total` | counter | — (body bytes of app answers to senders) |

@@ -6,7 +6,7 @@
 //! whole (required keys, keys that need each other), and the raw, all-optional
 //! form becomes [`ServerConfig`] or [`ClientConfig`] with nothing left unset.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -389,6 +389,17 @@ fn check_server_rules(config: &ServerConfig, origins: &Origins, problems: &mut V
     } else {
         None
     };
+    for (key, value) in [
+        ("cluster.bind_addr", &cluster.bind_addr),
+        ("cluster.advertise_addr", &cluster.advertise_addr),
+    ] {
+        if !value.is_empty() && value.parse::<IpAddr>().is_err() {
+            problems.push(format!(
+                "{}: {key}: {value:?} is not an IP address; write one such as 10.0.0.5 (bind_addr: 0.0.0.0 for every interface)",
+                origins.get(key)
+            ));
+        }
+    }
     if let Some(why) = clustered
         && auth.jwt_secret.is_empty()
     {

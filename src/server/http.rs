@@ -218,6 +218,21 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .and(warp::header::headers_cloned())
         .and(meta)
         .map(attach::renew_token);
+    let internal_channels = warp::path!("internal" / "channels")
+        .and(warp::get())
+        .and(require_cluster_secret(relay_for_guard.clone()))
+        .and(with_relay.clone())
+        .map(|relay: Arc<Relay>| internal_channels(&relay));
+    let internal_channel = warp::path!("internal" / "channels" / String)
+        .and(warp::get())
+        .and(require_cluster_secret(relay_for_guard.clone()))
+        .and(with_relay.clone())
+        .map(|channel: String, relay: Arc<Relay>| internal_channel(&relay, &channel));
+    let traefik = warp::path!("traefik-config")
+        .and(warp::get())
+        .and(require_cluster_secret(relay_for_guard.clone()))
+        .and(with_relay.clone())
+        .then(|relay: Arc<Relay>| async move { traefik_config(&relay).await });
     let webhook = warp::path("webhook")
         .and(warp::path::param::<String>())
         .and(warp::method())
@@ -239,6 +254,12 @@ pub fn routes(relay: Arc<Relay>) -> impl Filter<Extract = (Response,), Error = I
         .or(renew)
         .unify()
         .or(auth_routes(relay_for_auth))
+        .unify()
+        .or(internal_channels)
+        .unify()
+        .or(internal_channel)
+        .unify()
+        .or(traefik)
         .unify()
         .or(webhook)
         .unify()
@@ -341,12 +362,52 @@ fn metrics_response(relay: &Relay) -> Response {
 }
 
 fn readiness(relay: &Relay) -> Response {
-    if relay.is_draining() {
-        let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    let reason = if relay.is_draining() {
+        Some("shutting down")
+    } else if relay.cluster().is_none_or(|cluster| !cluster.is_joined()) {
+        Some("joining the cluster")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, reason);
         set_retry_after(&mut response);
         return response;
     }
     json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+}
+
+/// `GET /internal/channels`: this replica's known and attached channels.
+fn internal_channels(relay: &Relay) -> Response {
+    match relay.cluster() {
+        Some(cluster) => json_response(StatusCode::OK, &cluster.channel_list(relay)),
+        None => not_started(),
+    }
+}
+
+/// `GET /internal/channels/{id}`: what this replica knows of one channel.
+fn internal_channel(relay: &Relay, channel: &str) -> Response {
+    let Ok(channel) = uuid::Uuid::parse_str(channel) else {
+        return error_response(StatusCode::NOT_FOUND, "unknown channel");
+    };
+    match relay.cluster() {
+        Some(cluster) => json_response(StatusCode::OK, &cluster.channel_state(relay, channel)),
+        None => not_started(),
+    }
+}
+
+/// `GET /traefik-config`: the dynamic configuration for the whole cluster.
+async fn traefik_config(relay: &Relay) -> Response {
+    match relay.cluster() {
+        Some(cluster) => json_response(StatusCode::OK, &cluster.traefik_config(relay).await),
+        None => not_started(),
+    }
+}
+
+fn not_started() -> Response {
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "starting");
+    set_retry_after(&mut response);
+    response
 }
 
 /// Turns a rejection into a JSON error.

@@ -8,6 +8,7 @@
 
 mod attach;
 pub mod auth;
+pub mod cluster;
 mod http;
 pub mod queue;
 mod redeliver;
@@ -18,8 +19,8 @@ mod webhook;
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use ::http::header::{self, HeaderMap};
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use self::auth::{SignIn, Tokens};
+use self::cluster::Cluster;
 use self::http::RequestMeta;
 use self::queue::Queue;
 use self::registry::Registry;
@@ -55,6 +57,7 @@ pub struct Relay {
     tokens: Tokens,
     sign_in: SignIn,
     draining: AtomicBool,
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Server {
@@ -79,6 +82,7 @@ impl Server {
             tokens,
             sign_in: SignIn::new()?,
             draining: AtomicBool::new(false),
+            cluster: OnceLock::new(),
         });
         Ok(Server { relay })
     }
@@ -88,11 +92,13 @@ impl Server {
         &self.relay
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then drains.
+    /// Serves on `listener` until `shutdown` resolves, then drains. With
+    /// peers configured it joins the cluster first, and leaves it before
+    /// closing any client's WebSocket.
     ///
     /// # Errors
     ///
-    /// Reserved for failures that stop the server; serving errors of single
+    /// When the cluster gossip cannot start; serving errors of single
     /// connections are logged, not returned.
     pub async fn run(
         self,
@@ -100,8 +106,11 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
+        let cluster = Cluster::start(&self.relay.config(), address).await?;
+        // `run` is called once per server; a second call keeps the first cluster.
+        let _first = self.relay.cluster.set(cluster.clone());
         let (known, _) = self.relay.registry.counts();
-        info!(%address, channels = known, "listening");
+        info!(%address, channels = known, server_url = cluster.server_url(), "listening");
         let config = self.relay.config();
         if config.auth.enabled() && config.cluster.secret.is_empty() {
             warn!(
@@ -123,6 +132,7 @@ impl Server {
         );
         let sweeping = tokio::spawn(sweep(self.relay.clone(), stop_background.clone()));
         let expiring = tokio::spawn(expire_queue(self.relay.clone(), stop_background.clone()));
+        let syncing = cluster.spawn(self.relay.clone());
         // Under systemd: ready once accepting, live channel counts, proof of life.
         let relay = self.relay.clone();
         let status = systemd::spawn_status_poll(STATUS_REFRESH, move || relay.status_line());
@@ -135,6 +145,8 @@ impl Server {
         systemd::status("draining in-flight deliveries");
         info!("shutting down: draining in-flight deliveries");
         self.relay.draining.store(true, Ordering::Relaxed);
+        // Peers stop routing here before any client is told to go away.
+        cluster.leave().await;
         for session in self.relay.registry.sessions() {
             session.mux().go_away();
         }
@@ -144,6 +156,8 @@ impl Server {
             session.close(CloseCode::Away);
         }
         stop_background.cancel();
+        syncing.await?;
+        cluster.shutdown().await;
         sweeping.await?;
         expiring.await?;
         saving.await?;
@@ -227,6 +241,11 @@ impl Relay {
     /// The token signer.
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    /// This replica's cluster, once [`Server::run`] has started.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
     }
 
     /// `12 channels, 9 attached`: the known channels and those a client

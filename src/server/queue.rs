@@ -74,6 +74,9 @@ struct ChannelQueue {
     reserved: BTreeSet<u64>,
     /// Wakes the channel's redelivery when something was stored.
     wake: Arc<Notify>,
+    /// Held while one of the channel's deliveries is out, so that a local
+    /// redelivery and a hand-over to another replica take turns.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Why a webhook could not be queued.
@@ -192,6 +195,23 @@ impl Queue {
     /// Resolves when something was stored for `channel`.
     pub fn waker(&self, channel: Uuid) -> Arc<Notify> {
         self.inner.lock().entry(channel).or_default().wake.clone()
+    }
+
+    /// The lock a delivery of `channel` holds from the moment it is read
+    /// from the queue until it is removed (or given up for now): whoever
+    /// sends the channel's queue, here or to another replica, takes turns.
+    pub fn delivery_lock(&self, channel: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner.lock().entry(channel).or_default().turn.clone()
+    }
+
+    /// Channels with deliveries stored.
+    pub fn pending_channels(&self) -> Vec<Uuid> {
+        self.inner
+            .lock()
+            .iter()
+            .filter(|(_, queue)| queue.count > 0)
+            .map(|(channel, _)| *channel)
+            .collect()
     }
 
     /// Takes the next place in the channel's order, if the queue has room.

@@ -17,10 +17,10 @@ use crate::protocol::{OpenError, ResetCode, StreamError, StreamHandle};
 
 /// The first retry after an app failed to answer waits this long; each
 /// further one doubles it, up to [`RETRY_CAP`].
-const RETRY_BASE: Duration = Duration::from_secs(1);
+pub(super) const RETRY_BASE: Duration = Duration::from_secs(1);
 
 /// Longest wait between two tries of the same delivery.
-const RETRY_CAP: Duration = Duration::from_secs(60);
+pub(super) const RETRY_CAP: Duration = Duration::from_secs(60);
 
 /// How one redelivery ended.
 enum Outcome {
@@ -37,12 +37,19 @@ pub async fn run(relay: Arc<Relay>, session: Arc<Session>) {
     let channel = session.channel();
     let queue = relay.queue().clone();
     let wake = queue.waker(channel);
+    let turn = queue.delivery_lock(channel);
     let mut failures: u32 = 0;
     loop {
         let woken = wake.notified();
         let mut woken = pin!(woken);
         woken.as_mut().enable();
 
+        // A hand-over to another replica may be sending this channel's
+        // queue: wait for its delivery to finish first.
+        let mine = tokio::select! {
+            mine = turn.lock() => mine,
+            () = session.ended() => return,
+        };
         let next = match queue.first(channel).await {
             Ok(next) => next,
             Err(error) => {
@@ -51,6 +58,7 @@ pub async fn run(relay: Arc<Relay>, session: Arc<Session>) {
             }
         };
         let Some(queued) = next else {
+            drop(mine);
             tokio::select! {
                 () = woken => continue,
                 () = session.ended() => return,
@@ -64,8 +72,10 @@ pub async fn run(relay: Arc<Relay>, session: Arc<Session>) {
                 if let Err(error) = queue.remove(&queued).await {
                     warn!(%channel, error = format!("{error:#}"), "cannot remove an answered delivery");
                 }
+                drop(mine);
             }
             Outcome::Unanswered(reason) => {
+                drop(mine);
                 failures = failures.saturating_add(1);
                 let delay = RETRY_BASE
                     .saturating_mul(1 << failures.min(8).saturating_sub(1))

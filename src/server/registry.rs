@@ -282,6 +282,17 @@ impl Registry {
             .collect()
     }
 
+    /// The ids of every channel, and of those a client holds.
+    pub fn ids(&self) -> (Vec<Uuid>, Vec<Uuid>) {
+        let channels = self.read();
+        let attached = channels
+            .iter()
+            .filter(|(_, channel)| channel.session.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        (channels.keys().copied().collect(), attached)
+    }
+
     /// How many channels exist and how many are attached.
     pub fn counts(&self) -> (usize, usize) {
         let channels = self.read();

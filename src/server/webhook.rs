@@ -1,7 +1,7 @@
 //! `ANY /webhook/{id}[/rest][?query]`: a webhook in, through the tunnel (or
 //! into the offline queue), and the app's own answer back to the sender.
 
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use bytes::{Buf, Bytes};
 use futures::{Stream, StreamExt};
 use http::header::HeaderMap;
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 use uuid::Uuid;
@@ -16,12 +17,17 @@ use warp::Reply;
 use warp::reply::Response;
 
 use super::Relay;
+use super::cluster::{
+    BoxError, Cluster, Failed, Kind, Outbound, PeerBody, PeerRequest, Route, X_WOW_OUTCOME,
+    is_peer_header, peer_head, set_outcome,
+};
 use super::http::{RequestMeta, error_response, json_response, set_retry_after};
 use super::queue::{EnqueueError, QueueLimits};
 use super::registry::Lookup;
 use super::request::{declared_length, has_dot_segment, path_suffix, request_head};
+use super::session::Session;
 use crate::config::OfflinePolicy;
-use crate::headers::strip_hop_by_hop;
+use crate::headers::{retain, strip_hop_by_hop};
 use crate::idle::Progress;
 use crate::protocol::{
     INITIAL_WINDOW, InboundBody, OpenError, RequestHead, ResetCode, ResponseHead, StreamError,
@@ -34,7 +40,7 @@ use crate::telemetry;
 const DISCARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The sender's request body, as it arrives.
-type SenderBody = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
+type SenderBody = PeerBody;
 
 /// How the upload of a request body through the tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +82,14 @@ where
     response
 }
 
+/// A webhook's request line and headers, as they arrived.
+struct Arrived {
+    channel: Uuid,
+    method: Method,
+    headers: HeaderMap,
+    meta: RequestMeta,
+}
+
 async fn answer<S, B>(
     channel: String,
     method: Method,
@@ -89,52 +103,250 @@ where
     B: Buf + Send + 'static,
 {
     let body: SenderBody = Box::pin(body.map(|chunk| {
-        chunk.map(|mut buf| {
-            let bytes = buf.copy_to_bytes(buf.remaining());
-            metrics::counter!(telemetry::REQUEST_BYTES).increment(bytes.len() as u64);
-            bytes
-        })
+        chunk
+            .map(|mut buf| {
+                let bytes = buf.copy_to_bytes(buf.remaining());
+                metrics::counter!(telemetry::REQUEST_BYTES).increment(bytes.len() as u64);
+                bytes
+            })
+            .map_err(BoxError::from)
     }));
     let Ok(channel) = Uuid::parse_str(&channel) else {
         return error_response(StatusCode::NOT_FOUND, "unknown channel");
     };
-    let suffix = path_suffix(meta.uri.path());
-    if has_dot_segment(suffix) {
+    if has_dot_segment(path_suffix(meta.uri.path())) {
         return error_response(
             StatusCode::BAD_REQUEST,
             "the path must not contain . or .. segments",
         );
     }
-    let config = relay.config();
-    let (session, policy) = match relay.registry().lookup(channel) {
-        Lookup::Unknown => return error_response(StatusCode::NOT_FOUND, "unknown channel"),
-        Lookup::Offline { offline } => (None, offline.unwrap_or(config.channels.offline)),
-        Lookup::Attached { session, offline } => {
-            (Some(session), offline.unwrap_or(config.channels.offline))
-        }
+    let cluster = relay.cluster().cloned();
+    let peer = match &cluster {
+        Some(cluster) => cluster.verify(&method, &meta.uri, &headers),
+        None => Ok(None),
     };
-    if declared_length(&headers).is_some_and(|length| length > config.limits.max_body) {
-        tokio::spawn(discard(body));
-        return too_large();
-    }
-
+    let arrived = Arrived {
+        channel,
+        method: method.clone(),
+        headers,
+        meta,
+    };
     let started = Instant::now();
-    let trusted = relay.is_trusted(meta.peer.ip());
-    let head = request_head(method, suffix, headers, &meta, trusted, channel);
-    let queue_first = policy == OfflinePolicy::Queue && relay.queue().has_pending(channel);
-    let response = match session {
-        Some(session) if !queue_first => forward(&relay, &session, &head, body, policy).await,
-        None if policy == OfflinePolicy::Reject => offline(),
-        _ => enqueue(&relay, channel, &head, body).await,
+    let response = match (peer, cluster) {
+        (Ok(Some(peer)), _) => from_peer(&relay, arrived, peer, body).await,
+        (Ok(None), cluster) => from_sender(&relay, cluster, arrived, body).await,
+        (Err(error), _) => {
+            warn!(%channel, peer = %arrived.meta.peer, error = %error, "refused a forwarded webhook");
+            let mut response =
+                error_response(StatusCode::FORBIDDEN, "the forwarding marker was refused");
+            set_outcome(response.headers_mut(), "forbidden");
+            return response;
+        }
     };
     debug!(
         %channel,
-        delivery = ?head.delivery_id,
-        method = %head.method,
+        %method,
         status = response.status().as_u16(),
         elapsed = ?started.elapsed(),
         "webhook answered"
     );
+    response
+}
+
+/// Where a sender's webhook goes.
+enum Destination {
+    /// The client attached here.
+    Session(Arc<Session>),
+    /// The replica at this `server_url`, which holds the channel.
+    Peer(Arc<Cluster>, String),
+    /// Nobody holds it: this replica's queue, or 503.
+    Here,
+}
+
+/// A webhook from a sender (or a plain balancer): through the client
+/// attached here, to the replica holding the channel, or into the queue.
+async fn from_sender(
+    relay: &Arc<Relay>,
+    cluster: Option<Arc<Cluster>>,
+    mut arrived: Arrived,
+    body: SenderBody,
+) -> Response {
+    // The forwarding protocol's headers are ours: a sender cannot set them.
+    retain(&mut arrived.headers, |name| !is_peer_header(name));
+    let channel = arrived.channel;
+    let config = relay.config();
+    let (destination, policy) = match destination(relay, cluster, channel).await {
+        Some(found) => found,
+        None => return error_response(StatusCode::NOT_FOUND, "unknown channel"),
+    };
+    if declared_length(&arrived.headers).is_some_and(|length| length > config.limits.max_body) {
+        tokio::spawn(discard(body));
+        return too_large();
+    }
+
+    let trusted = relay.is_trusted(arrived.meta.peer.ip());
+    let suffix = path_suffix(arrived.meta.uri.path());
+    let head = request_head(
+        arrived.method,
+        suffix,
+        arrived.headers,
+        &arrived.meta,
+        trusted,
+        channel,
+    );
+    let queue_first = policy == OfflinePolicy::Queue && relay.queue().has_pending(channel);
+    match destination {
+        Destination::Session(session) if !queue_first => {
+            forward(relay, &session, &head, body, policy).await
+        }
+        Destination::Peer(cluster, server_url) if !queue_first => {
+            to_peer(relay, &cluster, &server_url, channel, &head, body, policy).await
+        }
+        _ if policy == OfflinePolicy::Reject && !queue_first => offline(),
+        _ => enqueue(relay, channel, &head, body).await,
+    }
+}
+
+/// Where a sender's webhook for `channel` goes, and the channel's offline
+/// policy; `None` when no replica knows the channel.
+async fn destination(
+    relay: &Relay,
+    cluster: Option<Arc<Cluster>>,
+    channel: Uuid,
+) -> Option<(Destination, OfflinePolicy)> {
+    let default = relay.config().channels.offline;
+    let lookup = relay.registry().lookup(channel);
+    let (known, local) = match &lookup {
+        Lookup::Attached { offline, .. } | Lookup::Offline { offline } => (true, *offline),
+        Lookup::Unknown => (false, None),
+    };
+    if let Lookup::Attached { session, .. } = lookup {
+        return Some((Destination::Session(session), local.unwrap_or(default)));
+    }
+    // Order holds: while the queue here is not empty, new webhooks join it.
+    let policy = local.unwrap_or(default);
+    if policy == OfflinePolicy::Queue && relay.queue().has_pending(channel) {
+        return Some((Destination::Here, policy));
+    }
+    let route = match &cluster {
+        Some(cluster) => cluster.route(relay, channel, known).await,
+        None if known => Route::Offline(None),
+        None => Route::Unknown,
+    };
+    match (route, cluster) {
+        (Route::Peer(server_url), Some(cluster)) => {
+            Some((Destination::Peer(cluster, server_url), policy))
+        }
+        (Route::Offline(remote), _) => {
+            Some((Destination::Here, local.or(remote).unwrap_or(default)))
+        }
+        _ => None,
+    }
+}
+
+/// Sends a webhook on to the replica holding its channel and streams its
+/// answer back; if that replica cannot take it, it is handled here.
+async fn to_peer(
+    relay: &Arc<Relay>,
+    cluster: &Cluster,
+    server_url: &str,
+    channel: Uuid,
+    head: &RequestHead,
+    body: SenderBody,
+    policy: OfflinePolicy,
+) -> Response {
+    let outbound = Outbound {
+        server_url,
+        channel,
+        head,
+        kind: Kind::Live,
+    };
+    let timeout = relay.config().limits.request_timeout;
+    match cluster.send(&outbound, body, timeout).await {
+        Ok(answer) => peer_response(answer),
+        Err(Failed {
+            body: Some(body), ..
+        }) if policy == OfflinePolicy::Queue => enqueue(relay, channel, head, body).await,
+        Err(Failed { body: Some(_), .. }) => offline(),
+        Err(Failed { body: None, .. }) => error_response(
+            StatusCode::BAD_GATEWAY,
+            "the relay holding this channel failed mid-request",
+        ),
+    }
+}
+
+/// The holder's answer to a forwarded webhook, as the sender gets it.
+fn peer_response(answer: http::Response<hyper::body::Incoming>) -> Response {
+    let (mut parts, body) = answer.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(X_WOW_OUTCOME);
+    let counted = body.into_data_stream().inspect(|chunk| {
+        if let Ok(bytes) = chunk {
+            metrics::counter!(telemetry::RESPONSE_BYTES).increment(bytes.len() as u64);
+        }
+    });
+    let mut response = warp::reply::stream(counted).into_response();
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = parts.headers;
+    response.extensions_mut().insert(Outcome::Forwarded);
+    response
+}
+
+/// A webhook another replica forwarded (its marker verified): handled
+/// here whatever happens, never forwarded again. A queued delivery handed
+/// over is only delivered straight to an attached client.
+async fn from_peer(
+    relay: &Arc<Relay>,
+    arrived: Arrived,
+    peer: PeerRequest,
+    body: SenderBody,
+) -> Response {
+    let channel = arrived.channel;
+    let config = relay.config();
+    let default = config.channels.offline;
+    // An unknown channel is one the forwarding replica knows: take it.
+    let (session, policy) = match relay.registry().lookup(channel) {
+        Lookup::Attached { session, offline } => (Some(session), offline.unwrap_or(default)),
+        Lookup::Offline { offline } => (None, offline.unwrap_or(default)),
+        Lookup::Unknown => (None, default),
+    };
+    if declared_length(&arrived.headers).is_some_and(|length| length > config.limits.max_body) {
+        tokio::spawn(discard(body));
+        return too_large();
+    }
+    let suffix = path_suffix(arrived.meta.uri.path());
+    let head = peer_head(
+        arrived.method,
+        suffix,
+        arrived.headers,
+        &arrived.meta.uri,
+        peer,
+    );
+    let queue_first = policy == OfflinePolicy::Queue && relay.queue().has_pending(channel);
+    let mut response = match (peer.kind, session) {
+        (Kind::Handoff, Some(session)) => {
+            forward(relay, &session, &head, body, OfflinePolicy::Reject).await
+        }
+        (Kind::Handoff, None) => {
+            let mut response = offline();
+            set_outcome(response.headers_mut(), "not-held");
+            return response;
+        }
+        (Kind::Live, Some(session)) if !queue_first => {
+            forward(relay, &session, &head, body, policy).await
+        }
+        (Kind::Live, _) if policy == OfflinePolicy::Reject && !queue_first => offline(),
+        (Kind::Live, _) => enqueue(relay, channel, &head, body).await,
+    };
+    let outcome = match response.extensions().get::<Outcome>() {
+        Some(Outcome::Delivered) => Some("delivered"),
+        Some(Outcome::Queued) => Some("queued"),
+        Some(Outcome::Refused) => Some("refused"),
+        Some(Outcome::Forwarded) | None => None,
+    };
+    if let Some(outcome) = outcome {
+        set_outcome(response.headers_mut(), outcome);
+    }
     response
 }
 
@@ -146,6 +358,10 @@ enum Outcome {
     Delivered,
     /// Stored in the offline queue (202).
     Queued,
+    /// The client refused the request (400).
+    Refused,
+    /// Sent on to the replica holding the channel, which counts it itself.
+    Forwarded,
 }
 
 fn record(response: &Response, started: Instant) {
@@ -157,6 +373,8 @@ fn record(response: &Response, started: Instant) {
             "delivered"
         }
         Some(Outcome::Queued) => "queued",
+        Some(Outcome::Forwarded) => "forwarded",
+        Some(Outcome::Refused) => "rejected",
         None if status == 502 || status == 504 => "failed",
         None => "rejected",
     };
@@ -306,7 +524,10 @@ fn answer_response(answer: Result<(ResponseHead, InboundBody), StreamError>) -> 
                     "the local app did not answer in time",
                 ),
                 ResetCode::Refused => {
-                    error_response(StatusCode::BAD_REQUEST, "the client refused this request")
+                    let mut response =
+                        error_response(StatusCode::BAD_REQUEST, "the client refused this request");
+                    response.extensions_mut().insert(Outcome::Refused);
+                    response
                 }
                 ResetCode::Unavailable => offline(),
                 ResetCode::AppFailed => {
