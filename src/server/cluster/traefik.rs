@@ -6,7 +6,10 @@
 //! replica holding it, or (known but held by nobody) the replicas that know
 //! it. Everything else the public may reach (`/new`, `/auth/`, `/healthz`,
 //! `/readyz`, and webhooks or attaches of channels no route names yet) goes
-//! to every alive replica through the lowest-priority router. Names derive
+//! to every alive replica through the lowest-priority router, except
+//! `/auth/`: a GitHub sign-in in progress lives in the memory of the
+//! replica that started it, so its callback and polls must return there;
+//! every replica names the same one (the lowest `server_url`). Names derive
 //! from channel ids only and maps are sorted, so an unchanged cluster gives
 //! the same document and Traefik does not churn.
 
@@ -18,8 +21,14 @@ use uuid::Uuid;
 /// Router priority of the per-channel routes (above the catch-all's).
 const CHANNEL_PRIORITY: u32 = 100;
 
+/// Router priority of the sign-in route (above the catch-all's).
+const SIGN_IN_PRIORITY: u32 = 50;
+
 /// Router priority of the catch-all route.
 const DEFAULT_PRIORITY: u32 = 1;
+
+/// The service and router that take every sign-in to one replica.
+pub const SIGN_IN: &str = "wow-sign-in";
 
 /// The service that balances over every alive replica.
 pub const REPLICAS_SERVICE: &str = "wow-replicas";
@@ -98,6 +107,13 @@ pub fn dynamic_config(replicas: &[Holdings]) -> Value {
         router(&rule, REPLICAS_SERVICE, DEFAULT_PRIORITY),
     );
     let all: Vec<&str> = urls.into_iter().collect();
+    if let Some(first) = all.first() {
+        routers.insert(
+            SIGN_IN.to_owned(),
+            router("PathPrefix(`/auth/`)", SIGN_IN, SIGN_IN_PRIORITY),
+        );
+        services.insert(SIGN_IN.to_owned(), load_balancer(&[first]));
+    }
     services.insert(REPLICAS_SERVICE.to_owned(), load_balancer(&all));
     json!({ "http": { "routers": routers, "services": services } })
 }
@@ -172,6 +188,12 @@ mod tests {
                 .unwrap()
                 .len(),
             2
+        );
+        // Sign-ins go to one replica, the same whoever answers.
+        assert_eq!(http["routers"][SIGN_IN]["priority"], 50);
+        assert_eq!(
+            http["services"][SIGN_IN]["loadBalancer"]["servers"],
+            json!([{ "url": "http://10.0.0.1:8080" }])
         );
         // The same holdings in another order give the same document.
         assert_eq!(config, dynamic_config(&[b, a]));
