@@ -190,8 +190,11 @@ impl History {
                 ])?;
             }
         }
+        // Ids are AUTOINCREMENT, so the newest `keep` are those above
+        // MAX(id) - keep: one lookup, where walking `keep` rows back read
+        // every one of their pages on every write.
         transaction.execute(
-            "DELETE FROM deliveries WHERE id <= (SELECT id FROM deliveries ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?1",
             params![keep as i64],
         )?;
         transaction.commit()?;
