@@ -31,6 +31,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records written in one transaction at most.
 const WRITE_BATCH: usize = 256;
 
+/// The writer gathers deliveries this long before a transaction: a commit
+/// writes several pages and takes a dozen system calls, so one per
+/// delivery would cost a busy client more than forwarding it.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+
 /// A body as kept in the history: its first bytes and its real length.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeptBody {
@@ -273,6 +278,7 @@ impl Recorder {
         tokio::spawn(async move {
             while let Some(first) = queued.recv().await {
                 let mut batch = vec![first];
+                tokio::time::sleep(BATCH_WINDOW).await;
                 while batch.len() < WRITE_BATCH {
                     match queued.try_recv() {
                         Ok(entry) => batch.push(entry),
