@@ -1,6 +1,7 @@
 //! `wow-client`: parse flags, load the configuration, set up logging, run
 //! every profile, reloading on SIGHUP and when a configuration file changes.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -91,10 +92,21 @@ async fn run(
 ) -> ExitCode {
     let (events, mut printed) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
+        let mut lines = String::new();
         while let Some(event) = printed.recv().await {
+            // Lines queued meanwhile go out in the same write.
+            let _ = writeln!(lines, "{event}");
+            while lines.len() < 64 * 1024
+                && let Ok(event) = printed.try_recv()
+            {
+                let _ = writeln!(lines, "{event}");
+            }
             let mut stdout = std::io::stdout().lock();
             // stdout closed (a pipe reader went away): keep serving.
-            let _ = writeln!(stdout, "{event}").and_then(|()| stdout.flush());
+            let _ = stdout
+                .write_all(lines.as_bytes())
+                .and_then(|()| stdout.flush());
+            lines.clear();
         }
     });
     // SIGHUP, SIGTERM and the file watcher all reach one control task,
