@@ -251,6 +251,10 @@ impl Link {
 
 /// Writes `first` and whatever else is queued (up to a batch), then flushes
 /// once: many small frames cost one system call.
+///
+/// It first lets the tasks that are already runnable go ahead: the one that
+/// queued `first` (a request head) usually has the body and its end ready
+/// to queue too, and they then share its write instead of needing their own.
 async fn write_batch<S>(
     sink: &mut S,
     first: Bytes,
@@ -259,6 +263,7 @@ async fn write_batch<S>(
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
+    tokio::task::yield_now().await;
     sink.feed(Message::Binary(first)).await?;
     for _ in 1..WRITE_BATCH {
         match frames.try_recv() {
