@@ -96,6 +96,8 @@ impl Link {
     /// Returns whether it answered.
     pub async fn probe(&self, limit: Duration) -> bool {
         self.probes.fetch_add(1, Ordering::SeqCst);
+        // Counted off even when the caller drops this future half-way.
+        let _probing = Probing(&self.probes);
         let asked = self.now();
         self.ping_now.notify_one();
         let answered = async {
@@ -104,15 +106,13 @@ impl Link {
                 let heard = self.heard_now.notified();
                 tokio::pin!(heard);
                 heard.as_mut().enable();
-                if self.last_heard.load(Ordering::SeqCst) >= asked {
+                if self.last_heard.load(Ordering::SeqCst) > asked {
                     return;
                 }
                 heard.await;
             }
         };
-        let answered = tokio::time::timeout(limit, answered).await.is_ok();
-        self.probes.fetch_sub(1, Ordering::SeqCst);
-        answered
+        tokio::time::timeout(limit, answered).await.is_ok()
     }
 
     /// Asks the running link to send a close frame with `code` and stop.
@@ -249,6 +249,15 @@ impl Link {
     }
 }
 
+/// One waiting [`Link::probe`], counted while it lives.
+struct Probing<'a>(&'a AtomicUsize);
+
+impl Drop for Probing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Writes `first` and whatever else is queued (up to a batch), then flushes
 /// once: many small frames cost one system call.
 ///
@@ -272,4 +281,36 @@ where
         }
     }
     sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_answers_once_the_peer_is_heard_from() {
+        let link = Arc::new(Link::new());
+        let prober = link.clone();
+        let probe = tokio::spawn(async move { prober.probe(Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        link.heard();
+        assert!(probe.await.unwrap());
+        assert_eq!(link.probes.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_fails_the_probe_and_no_probe_lingers() {
+        let link = Link::new();
+        assert!(!link.probe(Duration::from_secs(5)).await);
+        assert_eq!(link.probes.load(Ordering::SeqCst), 0);
+
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(1), link.probe(Duration::from_secs(5)))
+                .await;
+        assert!(abandoned.is_err());
+        assert_eq!(link.probes.load(Ordering::SeqCst), 0);
+        assert!(link.silent_for() >= Duration::from_secs(5));
+    }
 }
