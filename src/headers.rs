@@ -5,7 +5,8 @@ use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus `Expect`, which the server has already answered for the sender.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// A `static`: a `const` array would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TRANSFER_ENCODING,
@@ -20,7 +21,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Headers through which a request claims where it came from. A sender can
 /// write anything there, so they are kept only when a trusted proxy sent
 /// the request.
-pub const FORWARDING: [HeaderName; 6] = [
+pub static FORWARDING: [HeaderName; 6] = [
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-host"),

@@ -3,12 +3,12 @@
 //! silent for [`DEAD_AFTER`] declared dead.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,11 +25,22 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(30);
 const WRITE_BATCH: usize = 64;
 
 /// Liveness and close state of one WebSocket.
+///
+/// Every message received marks the peer as heard, so that costs one
+/// atomic store: a [`Link::probe`] that waits for the peer is woken only
+/// while it waits.
 #[derive(Debug)]
 pub struct Link {
     closing: CancellationToken,
     close_code: AtomicU16,
-    last_heard: watch::Sender<Instant>,
+    /// What `last_heard` counts from.
+    origin: Instant,
+    /// Nanoseconds after `origin` the peer was last heard from.
+    last_heard: AtomicU64,
+    /// Probes waiting to hear from the peer.
+    probes: AtomicUsize,
+    /// Wakes waiting probes when the peer is heard from.
+    heard_now: Notify,
     ping_now: Notify,
 }
 
@@ -73,7 +84,10 @@ impl Link {
         Link {
             closing: CancellationToken::new(),
             close_code: AtomicU16::new(CloseCode::Normal.into()),
-            last_heard: watch::Sender::new(Instant::now()),
+            origin: Instant::now(),
+            last_heard: AtomicU64::new(0),
+            probes: AtomicUsize::new(0),
+            heard_now: Notify::new(),
             ping_now: Notify::new(),
         }
     }
@@ -81,11 +95,24 @@ impl Link {
     /// Pings the peer now and waits up to `limit` for it to be heard from.
     /// Returns whether it answered.
     pub async fn probe(&self, limit: Duration) -> bool {
-        let mut heard = self.last_heard.subscribe();
-        let asked = Instant::now();
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        // Counted off even when the caller drops this future half-way.
+        let _probing = Probing(&self.probes);
+        let asked = self.now();
         self.ping_now.notify_one();
-        let answered = heard.wait_for(|at| *at >= asked);
-        matches!(tokio::time::timeout(limit, answered).await, Ok(Ok(_)))
+        let answered = async {
+            loop {
+                // Registered before the check, so a message in between still wakes us.
+                let heard = self.heard_now.notified();
+                tokio::pin!(heard);
+                heard.as_mut().enable();
+                if self.last_heard.load(Ordering::SeqCst) > asked {
+                    return;
+                }
+                heard.await;
+            }
+        };
+        tokio::time::timeout(limit, answered).await.is_ok()
     }
 
     /// Asks the running link to send a close frame with `code` and stop.
@@ -100,11 +127,19 @@ impl Link {
     }
 
     fn heard_at(&self) -> Instant {
-        *self.last_heard.borrow()
+        self.origin + Duration::from_nanos(self.last_heard.load(Ordering::Relaxed))
     }
 
     fn heard(&self) {
-        self.last_heard.send_replace(Instant::now());
+        self.last_heard.fetch_max(self.now(), Ordering::SeqCst);
+        if self.probes.load(Ordering::SeqCst) > 0 {
+            self.heard_now.notify_waiters();
+        }
+    }
+
+    /// Nanoseconds since `origin` (enough for 584 years).
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Runs the link until it ends: writes `frames` as binary messages,
@@ -135,13 +170,26 @@ impl Link {
     where
         S: Stream<Item = Result<Message, WsError>> + Unpin,
     {
+        // One timer for the whole connection, moved on only when it fires:
+        // a timer per message would cost two trips to the timer wheel each.
+        let silence = tokio::time::sleep_until(self.heard_at() + DEAD_AFTER);
+        tokio::pin!(silence);
         loop {
-            let deadline = self.heard_at() + DEAD_AFTER;
-            let message = match tokio::time::timeout_at(deadline, stream.next()).await {
-                Err(_) => return Ended::Silent,
-                Ok(None) => return Ended::Dropped("end of stream".to_owned()),
-                Ok(Some(Err(error))) => return Ended::Dropped(error.to_string()),
-                Ok(Some(Ok(message))) => message,
+            let next = tokio::select! {
+                next = stream.next() => next,
+                () = &mut silence => {
+                    let deadline = self.heard_at() + DEAD_AFTER;
+                    if deadline <= Instant::now() {
+                        return Ended::Silent;
+                    }
+                    silence.as_mut().reset(deadline);
+                    continue;
+                }
+            };
+            let message = match next {
+                None => return Ended::Dropped("end of stream".to_owned()),
+                Some(Err(error)) => return Ended::Dropped(error.to_string()),
+                Some(Ok(message)) => message,
             };
             self.heard();
             match message {
@@ -167,6 +215,11 @@ impl Link {
     {
         let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
         let mut open = true;
+        // Kept across batches: made anew each time, they would register
+        // with their `Notify` and leave it again on every batch.
+        let ping_now = self.ping_now.notified();
+        let closing = self.closing.cancelled();
+        tokio::pin!(ping_now, closing);
         loop {
             let written = tokio::select! {
                 frame = frames.recv(), if open => match frame {
@@ -177,8 +230,11 @@ impl Link {
                     }
                 },
                 _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await,
-                () = self.ping_now.notified() => sink.send(Message::Ping(Bytes::new())).await,
-                () = self.closing.cancelled() => {
+                () = &mut ping_now => {
+                    ping_now.set(self.ping_now.notified());
+                    sink.send(Message::Ping(Bytes::new())).await
+                }
+                () = &mut closing => {
                     let code = CloseCode::from(self.close_code.load(Ordering::Relaxed));
                     let frame = CloseFrame { code, reason: "".into() };
                     // The socket is dropped next whether or not this arrives.
@@ -193,8 +249,21 @@ impl Link {
     }
 }
 
+/// One waiting [`Link::probe`], counted while it lives.
+struct Probing<'a>(&'a AtomicUsize);
+
+impl Drop for Probing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Writes `first` and whatever else is queued (up to a batch), then flushes
 /// once: many small frames cost one system call.
+///
+/// It first lets the tasks that are already runnable go ahead: the one that
+/// queued `first` (a request head) usually has the body and its end ready
+/// to queue too, and they then share its write instead of needing their own.
 async fn write_batch<S>(
     sink: &mut S,
     first: Bytes,
@@ -203,6 +272,7 @@ async fn write_batch<S>(
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
+    tokio::task::yield_now().await;
     sink.feed(Message::Binary(first)).await?;
     for _ in 1..WRITE_BATCH {
         match frames.try_recv() {
@@ -211,4 +281,36 @@ where
         }
     }
     sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_answers_once_the_peer_is_heard_from() {
+        let link = Arc::new(Link::new());
+        let prober = link.clone();
+        let probe = tokio::spawn(async move { prober.probe(Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        link.heard();
+        assert!(probe.await.unwrap());
+        assert_eq!(link.probes.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_fails_the_probe_and_no_probe_lingers() {
+        let link = Link::new();
+        assert!(!link.probe(Duration::from_secs(5)).await);
+        assert_eq!(link.probes.load(Ordering::SeqCst), 0);
+
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(1), link.probe(Duration::from_secs(5)))
+                .await;
+        assert!(abandoned.is_err());
+        assert_eq!(link.probes.load(Ordering::SeqCst), 0);
+        assert!(link.silent_for() >= Duration::from_secs(5));
+    }
 }

@@ -31,6 +31,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records written in one transaction at most.
 const WRITE_BATCH: usize = 256;
 
+/// The writer gathers deliveries this long before a transaction: a commit
+/// writes several pages and takes a dozen system calls, so one per
+/// delivery would cost a busy client more than forwarding it.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+
 /// A body as kept in the history: its first bytes and its real length.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeptBody {
@@ -190,8 +195,11 @@ impl History {
                 ])?;
             }
         }
+        // Ids are AUTOINCREMENT, so the newest `keep` are those above
+        // MAX(id) - keep: one lookup, where walking `keep` rows back read
+        // every one of their pages on every write.
         transaction.execute(
-            "DELETE FROM deliveries WHERE id <= (SELECT id FROM deliveries ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?1",
             params![keep as i64],
         )?;
         transaction.commit()?;
@@ -270,6 +278,7 @@ impl Recorder {
         tokio::spawn(async move {
             while let Some(first) = queued.recv().await {
                 let mut batch = vec![first];
+                tokio::time::sleep(BATCH_WINDOW).await;
                 while batch.len() < WRITE_BATCH {
                     match queued.try_recv() {
                         Ok(entry) => batch.push(entry),

@@ -201,11 +201,7 @@ impl ServerMessage {
     /// Encodes the message as the payload of one WebSocket binary message.
     pub fn encode(&self) -> Bytes {
         match self {
-            ServerMessage::Request { stream, head } => {
-                let mut buf = header(KIND_REQUEST, *stream, 256);
-                head.encode(&mut buf);
-                buf.freeze()
-            }
+            ServerMessage::Request { stream, head } => encode_request(*stream, head).freeze(),
             ServerMessage::Stream(frame) => frame.encode(),
             ServerMessage::GoAway => header(KIND_GO_AWAY, 0, 0).freeze(),
         }
@@ -235,11 +231,7 @@ impl ClientMessage {
     /// Encodes the message as the payload of one WebSocket binary message.
     pub fn encode(&self) -> Bytes {
         match self {
-            ClientMessage::Response { stream, head } => {
-                let mut buf = header(KIND_RESPONSE, *stream, 256);
-                head.encode(&mut buf);
-                buf.freeze()
-            }
+            ClientMessage::Response { stream, head } => encode_response(*stream, head),
             ClientMessage::Stream(frame) => frame.encode(),
         }
     }
@@ -331,6 +323,29 @@ impl StreamFrame {
     }
 }
 
+/// A REQUEST frame for a head the caller keeps (no copy of the head).
+/// The stream id can still be set with [`set_stream`].
+pub(crate) fn encode_request(stream: StreamId, head: &RequestHead) -> BytesMut {
+    let mut buf = header(KIND_REQUEST, stream, head.encoded_len());
+    head.encode(&mut buf);
+    buf
+}
+
+/// A RESPONSE frame for a head the caller keeps (no copy of the head).
+pub(crate) fn encode_response(stream: StreamId, head: &ResponseHead) -> Bytes {
+    let mut buf = header(KIND_RESPONSE, stream, head.encoded_len());
+    head.encode(&mut buf);
+    buf.freeze()
+}
+
+/// Writes the stream id into an encoded frame, so that a frame can be
+/// encoded before its id is known.
+pub(crate) fn set_stream(frame: &mut BytesMut, stream: StreamId) {
+    if let Some(id) = frame.get_mut(1..FRAME_HEADER_LEN) {
+        id.copy_from_slice(&stream.to_be_bytes());
+    }
+}
+
 fn header(kind: u8, stream: StreamId, payload_hint: usize) -> BytesMut {
     let mut buf = BytesMut::with_capacity(FRAME_HEADER_LEN + payload_hint);
     buf.put_u8(kind);
@@ -391,6 +406,30 @@ mod tests {
             round_trip_client(ClientMessage::Stream(frame));
         }
         round_trip_server(ServerMessage::GoAway);
+    }
+
+    #[test]
+    fn heads_encoded_by_reference_match_the_messages() {
+        let mut head = RequestHead::new(http::Method::POST, "/hook");
+        head.headers
+            .append("x-github-event", http::HeaderValue::from_static("push"));
+        let mut frame = encode_request(0, &head);
+        assert_eq!(frame.len(), FRAME_HEADER_LEN + head.encoded_len());
+        set_stream(&mut frame, 42);
+        let message = ServerMessage::Request { stream: 42, head };
+        assert_eq!(frame.freeze(), message.encode());
+
+        let mut answer = ResponseHead::new(http::StatusCode::ACCEPTED);
+        answer
+            .headers
+            .append("set-cookie", http::HeaderValue::from_static("a=1"));
+        let frame = encode_response(7, &answer);
+        assert_eq!(frame.len(), FRAME_HEADER_LEN + answer.encoded_len());
+        let message = ClientMessage::Response {
+            stream: 7,
+            head: answer,
+        };
+        assert_eq!(frame, message.encode());
     }
 
     #[test]

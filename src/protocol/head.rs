@@ -24,6 +24,10 @@ const TAG_STATUS: u8 = 0x10;
 /// Size of a field's tag and length prefix, in bytes.
 const FIELD_PREFIX_LEN: usize = 5;
 
+/// Header maps are sized up front for at most this many headers (hyper's
+/// own limit on the server is 256); a head with more grows the map.
+const PRESIZED_HEADERS: usize = 256;
+
 /// Everything about a webhook request except its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
@@ -69,7 +73,26 @@ impl RequestHead {
         }
     }
 
+    /// Bytes [`RequestHead::encode`] writes, so the buffer grows once.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let method = FIELD_PREFIX_LEN + self.method.as_str().len();
+        let path = FIELD_PREFIX_LEN + self.path.len();
+        let query = self
+            .query
+            .as_ref()
+            .map_or(0, |query| FIELD_PREFIX_LEN + query.len());
+        let delivery = self.delivery_id.map_or(0, |_| FIELD_PREFIX_LEN + 16);
+        let received = self.received_at_ms.map_or(0, |_| FIELD_PREFIX_LEN + 8);
+        let redelivered = if self.redelivered {
+            FIELD_PREFIX_LEN
+        } else {
+            0
+        };
+        method + path + query + headers_len(&self.headers) + delivery + received + redelivered
+    }
+
     pub(crate) fn encode(&self, buf: &mut BytesMut) {
+        buf.reserve(self.encoded_len());
         put_field(buf, TAG_METHOD, self.method.as_str().as_bytes());
         put_field(buf, TAG_PATH, self.path.as_bytes());
         if let Some(query) = &self.query {
@@ -90,6 +113,7 @@ impl RequestHead {
     pub(crate) fn decode(buf: Bytes) -> Result<Self, ProtocolError> {
         let mut method = None;
         let mut head = RequestHead::new(Method::GET, String::new());
+        head.headers = HeaderMap::with_capacity(count_headers(&buf));
         let mut has_path = false;
         for field in Fields(buf) {
             let (tag, value) = field?;
@@ -132,14 +156,20 @@ impl ResponseHead {
         }
     }
 
+    /// Bytes [`ResponseHead::encode`] writes, so the buffer grows once.
+    pub(crate) fn encoded_len(&self) -> usize {
+        FIELD_PREFIX_LEN + 2 + headers_len(&self.headers)
+    }
+
     pub(crate) fn encode(&self, buf: &mut BytesMut) {
+        buf.reserve(self.encoded_len());
         put_field(buf, TAG_STATUS, &self.status.as_u16().to_be_bytes());
         put_headers(buf, &self.headers);
     }
 
     pub(crate) fn decode(buf: Bytes) -> Result<Self, ProtocolError> {
         let mut status = None;
-        let mut headers = HeaderMap::new();
+        let mut headers = HeaderMap::with_capacity(count_headers(&buf));
         for field in Fields(buf) {
             let (tag, mut value) = field?;
             match tag {
@@ -159,7 +189,6 @@ impl ResponseHead {
 }
 
 fn put_field(buf: &mut BytesMut, tag: u8, value: &[u8]) {
-    buf.reserve(FIELD_PREFIX_LEN + value.len());
     buf.put_u8(tag);
     buf.put_u32(u32::try_from(value.len()).unwrap_or(u32::MAX));
     buf.put_slice(value);
@@ -169,7 +198,6 @@ fn put_headers(buf: &mut BytesMut, headers: &HeaderMap) {
     for (name, value) in headers {
         let name = name.as_str().as_bytes();
         let len = 2 + name.len() + value.len();
-        buf.reserve(FIELD_PREFIX_LEN + len);
         buf.put_u8(TAG_HEADER);
         buf.put_u32(len as u32);
         // Header names are at most 64 KiB by construction (hyper's head limit).
@@ -177,6 +205,30 @@ fn put_headers(buf: &mut BytesMut, headers: &HeaderMap) {
         buf.put_slice(name);
         buf.put_slice(value.as_bytes());
     }
+}
+
+/// Bytes the header fields of `headers` take.
+fn headers_len(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| FIELD_PREFIX_LEN + 2 + name.as_str().len() + value.len())
+        .sum()
+}
+
+/// How many header fields an encoded head holds: the map is then sized
+/// once instead of growing (and rehashing) as headers arrive.
+fn count_headers(buf: &Bytes) -> usize {
+    let mut rest = &buf[..];
+    let mut count = 0;
+    while rest.len() >= FIELD_PREFIX_LEN {
+        let tag = rest[0];
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        count += usize::from(tag == TAG_HEADER);
+        rest = rest
+            .get(len.saturating_add(FIELD_PREFIX_LEN)..)
+            .unwrap_or_default();
+    }
+    count.min(PRESIZED_HEADERS)
 }
 
 fn append_header(headers: &mut HeaderMap, mut value: Bytes) -> Result<(), ProtocolError> {
@@ -191,7 +243,10 @@ fn append_header(headers: &mut HeaderMap, mut value: Bytes) -> Result<(), Protoc
         .map_err(|_| ProtocolError::Malformed("invalid header name"))?;
     let value = HeaderValue::from_maybe_shared(value)
         .map_err(|_| ProtocolError::Malformed("invalid header value"))?;
-    headers.append(name, value);
+    // A map holds 32,768 entries at most; past that, refuse rather than panic.
+    headers
+        .try_append(name, value)
+        .map_err(|_| ProtocolError::Malformed("too many headers"))?;
     Ok(())
 }
 
@@ -313,6 +368,52 @@ mod tests {
             let _ = RequestHead::decode(full.slice(..cut));
         }
         assert!(RequestHead::decode(full.slice(..full.len() - 1)).is_err());
+    }
+
+    #[test]
+    fn header_fields_are_counted_without_trusting_lengths() {
+        let full = encoded_request(&sample_request());
+        assert_eq!(count_headers(&full), 4);
+        for cut in 0..full.len() {
+            assert!(count_headers(&full.slice(..cut)) <= 4);
+        }
+        let mut lying = BytesMut::new();
+        lying.put_u8(TAG_HEADER);
+        lying.put_u32(u32::MAX);
+        assert_eq!(count_headers(&lying.freeze()), 1);
+    }
+
+    #[test]
+    fn a_head_with_more_headers_than_a_map_holds_is_refused() {
+        let mut buf = BytesMut::new();
+        ResponseHead::new(StatusCode::OK).encode(&mut buf);
+        // Distinct names: repeated values of one name do not fill a map.
+        for index in 0..40_000 {
+            let name = format!("h{index}");
+            buf.put_u8(TAG_HEADER);
+            buf.put_u32(2 + name.len() as u32 + 1);
+            buf.put_u16(name.len() as u16);
+            buf.put_slice(name.as_bytes());
+            buf.put_u8(b'v');
+        }
+        let decoded = ResponseHead::decode(buf.freeze());
+        assert!(
+            matches!(decoded, Err(ProtocolError::Malformed("too many headers"))),
+            "a head of 40,000 headers was accepted"
+        );
+    }
+
+    #[test]
+    fn encoded_lengths_are_exact() {
+        let head = sample_request();
+        assert_eq!(encoded_request(&head).len(), head.encoded_len());
+        let mut answer = ResponseHead::new(StatusCode::OK);
+        answer
+            .headers
+            .append("content-type", HeaderValue::from_static("text/plain"));
+        let mut buf = BytesMut::new();
+        answer.encode(&mut buf);
+        assert_eq!(buf.len(), answer.encoded_len());
     }
 
     #[test]

@@ -25,7 +25,9 @@ use futures::Stream;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::frame::{ClientMessage, MAX_DATA_LEN, ResetCode, ServerMessage, StreamFrame, StreamId};
+use super::frame::{
+    self, ClientMessage, MAX_DATA_LEN, ResetCode, ServerMessage, StreamFrame, StreamId,
+};
 use super::head::{RequestHead, ResponseHead};
 
 /// Body bytes one side may send on a stream before the receiver grants
@@ -213,6 +215,8 @@ impl Multiplexer {
         let (chunk_tx, chunk_rx) = mpsc::unbounded_channel();
         let receive_window = Arc::new(AtomicI64::new(i64::from(INITIAL_WINDOW)));
         let send_credit = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+        // Encoded before the lock is taken; only the id is filled in under it.
+        let mut frame = frame::encode_request(0, head);
 
         let id = {
             let mut table = self.shared.lock();
@@ -233,13 +237,8 @@ impl Multiplexer {
                 ),
             );
             // Sent under the lock so that no frame of the stream can overtake its head.
-            self.shared.send(
-                ServerMessage::Request {
-                    stream: id,
-                    head: head.clone(),
-                }
-                .encode(),
-            );
+            frame::set_stream(&mut frame, id);
+            self.shared.send(frame.freeze());
             id
         };
 
@@ -539,13 +538,7 @@ impl StreamHandle {
     pub fn send_response(&self, head: &ResponseHead) {
         let shared = &self.inner.shared;
         if shared.lock().streams.contains_key(&self.inner.id) {
-            shared.send(
-                ClientMessage::Response {
-                    stream: self.inner.id,
-                    head: head.clone(),
-                }
-                .encode(),
-            );
+            shared.send(frame::encode_response(self.inner.id, head));
         }
     }
 

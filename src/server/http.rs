@@ -165,13 +165,25 @@ where
 
 /// The size of a request head as a sender wrote it, near enough.
 fn head_len<B>(request: &Request<B>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let line = request.method().as_str().len() + uri_len(request.uri()) + 12;
     let headers: usize = request
         .headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     line + headers
+}
+
+/// The length of `uri` as written, without writing it out.
+fn uri_len(uri: &Uri) -> usize {
+    let scheme = uri
+        .scheme_str()
+        .map_or(0, |scheme| scheme.len() + "://".len());
+    let authority = uri
+        .authority()
+        .map_or(0, |authority| authority.as_str().len());
+    let path = uri.path_and_query().map_or(0, |path| path.as_str().len());
+    scheme + authority + path
 }
 
 /// All routes of the server.

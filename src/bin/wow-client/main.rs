@@ -7,6 +7,7 @@ mod commands;
 #[path = "../common/mod.rs"]
 mod common;
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -58,10 +59,21 @@ async fn run(
     // The user's lines go to stdout whatever the log level; logs to stderr.
     let (events, mut printed) = mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
+        let mut lines = String::new();
         while let Some(event) = printed.recv().await {
+            // Lines queued meanwhile go out in the same write.
+            let _ = writeln!(lines, "{event}");
+            while lines.len() < 64 * 1024
+                && let Ok(event) = printed.try_recv()
+            {
+                let _ = writeln!(lines, "{event}");
+            }
             let mut stdout = std::io::stdout().lock();
             // stdout closed (a pipe reader went away): keep serving.
-            let _ = writeln!(stdout, "{event}").and_then(|()| stdout.flush());
+            let _ = stdout
+                .write_all(lines.as_bytes())
+                .and_then(|()| stdout.flush());
+            lines.clear();
         }
     });
     let client = Client::new(loaded.config.clone(), events);
