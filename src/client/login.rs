@@ -109,15 +109,7 @@ impl Login {
     ///
     /// When the HTTP client cannot be built.
     pub fn new(server_url: &str, insecure: bool, state: StateDir) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .tls_danger_accept_invalid_certs(insecure)
-            .user_agent(concat!("wow-client/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|error| {
-                ClientError::Runtime(format!("cannot build the HTTP client: {error}"))
-            })?;
+        let http = super::server_http(insecure)?;
         Ok(Login {
             server_url: server_url.trim_end_matches('/').to_owned(),
             state,

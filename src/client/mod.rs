@@ -329,6 +329,22 @@ async fn supervise(
     }
 }
 
+/// The HTTP client for the server's own endpoints (`/new`, sign-in, token
+/// renewal): bounded connect and request times, and `--insecure` honoured.
+///
+/// # Errors
+///
+/// When the TLS backend cannot be set up.
+pub(crate) fn server_http(insecure: bool) -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(insecure)
+        .user_agent(concat!("wow-client/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|error| ClientError::Runtime(format!("cannot build the HTTP client: {error}")))
+}
+
 /// Serves the client's Prometheus metrics on `address` until `stop`.
 async fn serve_metrics(
     address: std::net::SocketAddr,

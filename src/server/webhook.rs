@@ -280,15 +280,29 @@ fn peer_response(answer: http::Response<hyper::body::Incoming>) -> Response {
     let (mut parts, body) = answer.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(X_WOW_OUTCOME);
-    let counted = body.into_data_stream().inspect(|chunk| {
+    streamed(
+        parts.status,
+        parts.headers,
+        body.into_data_stream(),
+        Outcome::Forwarded,
+    )
+}
+
+/// An answer streamed to the sender as it arrives, its bytes counted.
+fn streamed<S, E>(status: StatusCode, headers: HeaderMap, body: S, outcome: Outcome) -> Response
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Sync + 'static,
+    E: Into<BoxError> + Send + 'static,
+{
+    let counted = body.inspect(|chunk| {
         if let Ok(bytes) = chunk {
             metrics::counter!(telemetry::RESPONSE_BYTES).increment(bytes.len() as u64);
         }
     });
     let mut response = warp::reply::stream(counted).into_response();
-    *response.status_mut() = parts.status;
-    *response.headers_mut() = parts.headers;
-    response.extensions_mut().insert(Outcome::Forwarded);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response.extensions_mut().insert(outcome);
     response
 }
 
@@ -553,16 +567,7 @@ fn app_response(head: ResponseHead, body: InboundBody) -> Response {
         mut headers,
     } = head;
     strip_hop_by_hop(&mut headers);
-    let counted = body.inspect(|chunk| {
-        if let Ok(bytes) = chunk {
-            metrics::counter!(telemetry::RESPONSE_BYTES).increment(bytes.len() as u64);
-        }
-    });
-    let mut response = warp::reply::stream(counted).into_response();
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response.extensions_mut().insert(Outcome::Delivered);
-    response
+    streamed(status, headers, body, Outcome::Delivered)
 }
 
 /// Sends the request body through the tunnel, then ends or resets the stream.

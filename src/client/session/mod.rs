@@ -130,15 +130,7 @@ impl Tunnel {
     /// When the HTTP client for the server cannot be built.
     pub fn live(live: watch::Receiver<Arc<Profile>>, shared: Shared) -> Result<Self, ClientError> {
         let profile = live.borrow().clone();
-        let http = reqwest::Client::builder()
-            .tls_danger_accept_invalid_certs(profile.insecure)
-            .user_agent(concat!("wow-client/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|error| {
-                ClientError::Runtime(format!("cannot build the HTTP client: {error}"))
-            })?;
+        let http = crate::client::server_http(profile.insecure)?;
         Ok(Tunnel {
             profile,
             live,
