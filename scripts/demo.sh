@@ -13,9 +13,11 @@ app_port=${DEMO_APP_PORT:-3000}
 work=target/demo
 mkdir -p "$work"
 
-echo "building wow (release) ..." >&2
-cargo build --release --locked --bin wow-server --bin wow-client >&2
-bin=target/release
+# The debug build: a few minutes on a fresh clone, and shared with the test
+# suite's (the release profile's fat LTO is for packages and benchmarks).
+echo "building wow (debug; the first build takes a few minutes) ..." >&2
+cargo build --locked --bin wow-server --bin wow-client >&2
+bin=${CARGO_TARGET_DIR:-target}/debug
 
 pids=()
 cleanup() {

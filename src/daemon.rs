@@ -34,9 +34,10 @@ pub const JOURNAL_FIELD_PREFIX: &str = "WOW";
 /// Where journald takes native entries (fixed by systemd, not configurable).
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 /// Dependency targets whose trace events hold secrets, kept at `debug` even
-/// at `trace`: tungstenite writes the whole handshake request, the channel
-/// token in `Authorization` included.
-const SECRET_TARGETS: [&str; 1] = ["tungstenite::handshake::client"];
+/// at `trace`: tungstenite writes the handshake request (the channel token
+/// in `Authorization`) and every frame it sends or receives, which carry
+/// the senders' headers (their tokens and signatures) and bodies.
+const SECRET_TARGETS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
 /// Builds the log filter for `level`: our crate at `level`, chatty
 /// dependencies one step quieter unless `trace` was asked for, and targets

@@ -24,6 +24,28 @@ pub fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot restrict state dir {} to mode 0700", dir.display()))
 }
 
+/// Makes sure the file at `path` exists with mode 0600 before a database
+/// opens it: SQLite gives its `-wal` and `-shm` files the database file's
+/// mode, and redb keeps the mode it finds.
+///
+/// # Errors
+///
+/// When the file cannot be created or its mode set, naming it.
+pub fn ensure_private_file(path: &Path) -> anyhow::Result<()> {
+    fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|_| fs::set_permissions(path, fs::Permissions::from_mode(0o600)))
+        .with_context(|| {
+            format!(
+                "cannot create {} with mode 0600: pick a writable --state-dir",
+                path.display()
+            )
+        })
+}
+
 /// Writes `contents` to `path` with mode 0600 so that a crash leaves either
 /// the old file or the new one, never half of it.
 ///

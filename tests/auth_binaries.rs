@@ -70,6 +70,11 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// A sender's credentials and body, sent through the tunnel at trace level.
+const SENDER_AUTHORIZATION: &str = "Bearer sender-credential-5b1e07";
+const SENDER_TOKEN: &str = "gitlab-token-9c44d2";
+const SENDER_BODY: &str = "{\"private\":\"sender-body-31f8aa\"}";
+
 #[tokio::test]
 async fn device_login_through_the_binary_then_webhooks_with_no_secret_in_any_log() {
     within(Duration::from_secs(120), async {
@@ -159,12 +164,19 @@ async fn device_login_through_the_binary_then_webhooks_with_no_secret_in_any_log
             .build()
             .unwrap()
             .post(&url)
-            .body("hello")
+            .header("authorization", SENDER_AUTHORIZATION)
+            .header("x-gitlab-token", SENDER_TOKEN)
+            .body(SENDER_BODY)
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        assert_eq!(app.request().await.body, b"hello");
+        let delivered = app.request().await;
+        assert_eq!(delivered.body, SENDER_BODY.as_bytes());
+        assert_eq!(
+            delivered.header("x-gitlab-token").as_deref(),
+            Some(SENDER_TOKEN)
+        );
 
         signal(client.pid(), "TERM");
         assert_eq!(exit_code(&mut client).await, Some(0));
@@ -175,7 +187,11 @@ async fn device_login_through_the_binary_then_webhooks_with_no_secret_in_any_log
             .load_channel("default", &server_url)
             .unwrap()
             .unwrap();
+        // What senders put in a webhook is theirs: no log holds it either.
         let mut secrets = vec![
+            SENDER_AUTHORIZATION.to_owned(),
+            SENDER_TOKEN.to_owned(),
+            SENDER_BODY.to_owned(),
             CLIENT_SECRET.to_owned(),
             JWT_SECRET.to_owned(),
             CLUSTER_SECRET.to_owned(),

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
@@ -82,6 +83,17 @@ async fn deliveries_are_kept_shown_and_replayed_byte_exact() {
             format!("got {digest}").as_bytes()
         );
         let id = entry.delivery.id.unwrap().to_string();
+
+        // Bodies and heads are private, in the database and its side files.
+        for name in [
+            "history.sqlite3",
+            "history.sqlite3-wal",
+            "history.sqlite3-shm",
+        ] {
+            let path = tunnel.client_state.path().join(name);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
 
         // The list: the delivery line plus the id.
         let listed = cli(tunnel.client_state.path(), &["history"]);

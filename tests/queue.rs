@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -59,6 +60,11 @@ async fn fifty_webhooks_for_an_absent_client_arrive_once_in_order_and_signed() {
             .unwrap()
             .len();
         eprintln!("50 queued: {bytes} bytes of deliveries, queue.redb {file_size} bytes");
+        let mode = std::fs::metadata(server.state.path().join("queue.redb"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "queue.redb holds senders' webhooks");
 
         let mut client = start_client(client_config(&server.url, &app.url, state.path()));
         client.attached().await;
@@ -150,6 +156,64 @@ async fn webhooks_arriving_during_a_drain_land_after_the_queued_ones() {
                 .status(),
             200
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn webhooks_arriving_while_the_client_shuts_down_are_queued_not_refused() {
+    within(STEP * 2, async {
+        let mut app = start_app(|request| {
+            let reply = Reply::new(200, "ok");
+            if request.target.starts_with("/slow") {
+                reply.after(Duration::from_secs(1))
+            } else {
+                reply
+            }
+        })
+        .await;
+        let server = start_server(|_| {}).await;
+        let state = tempfile::tempdir().unwrap();
+        let mut client = start_client(client_config(&server.url, &app.url, state.path()));
+        let url = client.attached().await;
+
+        let slow_url = format!("{url}/slow");
+        let slow = tokio::spawn(async move { sender().post(slow_url).send().await });
+        assert_eq!(app.request().await.target, "/slow");
+        let stopping = tokio::spawn(client.shutdown());
+
+        // Until the client hears of its shutdown webhooks go through; from
+        // then on, while it finishes the slow one, they must be queued.
+        let mut n = 0;
+        let queued_id = loop {
+            let response = sender()
+                .post(format!("{url}/late?n={n}"))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            match status {
+                200 => assert_eq!(app.request().await.target, format!("/late?n={n}")),
+                202 => break body["delivery_id"].as_str().unwrap().to_owned(),
+                other => panic!("webhook {n} during the drain got {other}: {body}"),
+            }
+            n += 1;
+        };
+        assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+        stopping.await.unwrap().unwrap();
+        assert_eq!(server.relay.queue().totals().0, 1);
+
+        // The client comes back: the queued webhook arrives, marked as such.
+        let mut client = start_client(client_config(&server.url, &app.url, state.path()));
+        client.attached().await;
+        let redelivered = app.request().await;
+        assert_eq!(redelivered.target, format!("/late?n={n}"));
+        assert_eq!(
+            redelivered.header("x-wow-delivery-id").as_deref(),
+            Some(queued_id.as_str())
+        );
+        client.shutdown().await.unwrap();
     })
     .await;
 }

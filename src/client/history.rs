@@ -7,6 +7,7 @@
 //! `history_max` deliveries are kept; bodies are kept up to
 //! `history_body_max` bytes each, and a cut body says so.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -111,6 +112,23 @@ pub struct History {
 }
 
 impl History {
+    /// Opens the history a client already keeps in `state_dir`, for reading
+    /// it: a state dir without one is most likely a mistyped `--state-dir`.
+    ///
+    /// # Errors
+    ///
+    /// When there is no history there, or it cannot be opened.
+    pub fn open_existing(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = history_path(state_dir);
+        if !path.exists() {
+            anyhow::bail!(
+                "no delivery history in {}: pass the --state-dir (or --profile) the client runs with",
+                state_dir.display()
+            );
+        }
+        History::open(state_dir)
+    }
+
     /// Opens (or creates) the history in `state_dir`.
     ///
     /// # Errors
@@ -119,6 +137,7 @@ impl History {
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
         crate::files::ensure_private_dir(state_dir)?;
         let path = history_path(state_dir);
+        crate::files::ensure_private_file(&path)?;
         let connection = Connection::open(&path).with_context(|| {
             format!(
                 "cannot open the delivery history {}: move it away to start a new one",
@@ -152,7 +171,13 @@ impl History {
                  CREATE INDEX IF NOT EXISTS deliveries_by_id ON deliveries (delivery_id);",
             )
             .with_context(|| format!("cannot set up the delivery history {}", path.display()))?;
-        set_private(&path);
+        // Side files of a history written before they were private.
+        for side in ["-wal", "-shm"] {
+            let mut name = path.clone().into_os_string();
+            name.push(side);
+            let private = std::fs::Permissions::from_mode(0o600);
+            let _absent = std::fs::set_permissions(&name, private);
+        }
         Ok(History {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -392,11 +417,6 @@ fn encode_response(head: &ResponseHead) -> Vec<u8> {
 fn millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as i64)
-}
-
-fn set_private(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
 #[cfg(test)]

@@ -146,31 +146,33 @@ fn hex_digest(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Sends a stored delivery again to its profile's target now (or to
+/// Sends a stored delivery again to the target it went to (or to
 /// `target`), records the replay, and returns it.
 ///
 /// # Errors
 ///
-/// When the delivery is unknown, its body was cut, its profile is no
-/// longer configured and no target was given, or the app fails.
+/// When the delivery is unknown, its body was cut, a target is not a URL,
+/// or the app fails.
 pub async fn replay(
     config: &ClientConfig,
     id: &str,
     target: Option<&str>,
 ) -> anyhow::Result<Entry> {
-    let history = History::open(&config.state_dir)?;
+    let history = History::open_existing(&config.state_dir)?;
     let original = history.find(id)?;
     let profile_name = &original.delivery.profile;
     let profile = config
         .profiles
         .iter()
         .find(|profile| &profile.name == profile_name);
-    let target: Target = match (target, profile) {
-        (Some(target), _) => target.parse().map_err(anyhow::Error::msg)?,
-        (None, Some(profile)) => profile.target.clone(),
-        (None, None) => anyhow::bail!(
-            "profile {profile_name} is not configured any more: give the target with --target URL"
-        ),
+    let target: Target = match target {
+        Some(target) => target.parse().map_err(anyhow::Error::msg)?,
+        None => original.target.parse().map_err(|error| {
+            anyhow::anyhow!(
+                "the recorded target {} is not usable ({error}): give one with --target URL",
+                original.target
+            )
+        })?,
     };
     let timeout = profile.and_then(|profile| profile.timeout);
     let forwarder = Forwarder::new().keeping(config.history_body_max);

@@ -530,6 +530,13 @@ fn unnamed_profile(
         origins.alias(&format!("{prefix}.{key}"), key);
     }
     let Some(server_url) = top.server_url.clone() else {
+        // Given but refused: that problem is reported already.
+        if problems
+            .iter()
+            .any(|problem| problem.contains("server_url"))
+        {
+            return None;
+        }
         problems.push("server_url: missing: pass --server-url (or set WOW_SERVER_URL, or server_url in client.toml), or configure [profiles.NAME] in client.toml".to_owned());
         return None;
     };

@@ -146,6 +146,7 @@ impl Queue {
                 path.display()
             )
         };
+        crate::files::ensure_private_file(&path)?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)

@@ -450,10 +450,17 @@ async fn forward(
         }
     };
 
-    // The client never saw the request: for the sender the channel was offline.
-    if let Err(StreamError::ConnectionLost {
-        acknowledged: false,
-    }) = answer
+    // The client never saw the request, or turned it away unread because it
+    // is shutting down: for the sender the channel was offline.
+    if let Err(
+        StreamError::ConnectionLost {
+            acknowledged: false,
+        }
+        | StreamError::Reset {
+            code: ResetCode::Unavailable,
+            ..
+        },
+    ) = answer
     {
         if policy == OfflinePolicy::Reject {
             return offline();

@@ -67,10 +67,7 @@ fn status(args: &ClientArgs, env: &EnvVars) -> ExitCode {
             print!("{}", status_file::render_status(&status));
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("{error:#}");
-            ExitCode::from(1)
-        }
+        Err(error) => failed(format!("{error:#}")),
     }
 }
 
@@ -88,7 +85,7 @@ fn history(
         Err(errors) => return config_errors(&errors),
     };
     let mut out = std::io::stdout().lock();
-    let shown = History::open(&state_dir).and_then(|history| match show {
+    let shown = History::open_existing(&state_dir).and_then(|history| match show {
         Some(id) => {
             let entry = history.find(id)?;
             if raw {
@@ -113,8 +110,8 @@ fn history(
 async fn replay(args: &ClientArgs, env: &EnvVars, id: &str, target: Option<&str>) -> ExitCode {
     let config = match load::client(args, env) {
         Ok(loaded) => loaded.config,
-        Err(errors) if target.is_none() => return config_errors(&errors),
-        // With --target, no profile is needed: only the state dir.
+        // A replay goes to the recorded target (or --target): it needs the
+        // state dir, not a server or a profile.
         Err(_) => match load::client_state_dir(args, env) {
             Ok(state_dir) => ClientConfig {
                 state_dir,
