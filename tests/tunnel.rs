@@ -408,7 +408,7 @@ async fn an_unreachable_app_is_502_and_a_slow_one_504_while_the_tunnel_keeps_ser
 async fn bodies_over_max_body_get_413_seen_by_the_sender() {
     within(STEP * 2, async {
         let mut app = start_app(|_| Reply::new(200, "ok")).await;
-        let tunnel = tunnel(&app.url).await;
+        let mut tunnel = tunnel(&app.url).await;
         let body = vec![b'x'; 30 * 1024 * 1024];
 
         // With Content-Length: answered before anything is forwarded.
@@ -448,6 +448,13 @@ async fn bodies_over_max_body_get_413_seen_by_the_sender() {
         while seen.aborted {
             seen = app.request().await;
         }
+        // The client's lines say what the sender got, not an app failure.
+        let mut statuses = [
+            tunnel.client.delivery().await.status,
+            tunnel.client.delivery().await.status,
+        ];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 413]);
         assert_eq!(seen.body, b"small");
     })
     .await;

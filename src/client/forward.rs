@@ -7,7 +7,7 @@
 //! paths, and resolves `%2e%2e`). hyper sends the `Uri` we built as is.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -122,11 +122,13 @@ impl Forwarder {
         let IncomingRequest { head, body, stream } = request;
         let progress = Progress::new();
         let kept = Arc::new(Mutex::new(KeptBody::default()));
+        let cut = Arc::new(OnceLock::new());
         let body = Metered {
             inner: body,
             kept: kept.clone(),
             keep: self.keep,
             progress: progress.clone(),
+            cut: cut.clone(),
         }
         .map_err(BoxError::from)
         .boxed();
@@ -136,12 +138,14 @@ impl Forwarder {
             .exchange(target, timeout, &progress, &head, headers, body)
             .await;
         let mut answer = Answer::default();
-        let status = match sent {
-            Ok(response) => match self.stream_back(response, &stream, &mut answer).await {
+        let status = match (sent, cut.get()) {
+            (Ok(response), _) => match self.stream_back(response, &stream, &mut answer).await {
                 Ok(status) => status,
                 Err(failure) => fail(&stream, &failure),
             },
-            Err(failure) => fail(&stream, &failure),
+            // The relay cut the request off: not the app's failure.
+            (Err(_), Some(&code)) => cut_off(code),
+            (Err(failure), None) => fail(&stream, &failure),
         };
         let request_body = take(&kept);
         Entry {
@@ -336,6 +340,8 @@ struct Metered {
     kept: Arc<Mutex<KeptBody>>,
     keep: u64,
     progress: Progress,
+    /// Why the relay reset the stream mid-body, if it did.
+    cut: Arc<OnceLock<ResetCode>>,
 }
 
 impl Body for Metered {
@@ -353,6 +359,9 @@ impl Body for Metered {
                 && let Ok(mut kept) = self.kept.lock()
             {
                 kept.push(data, self.keep);
+            }
+            if let Some(Err(StreamError::Reset { code, .. })) = ready {
+                let _first = self.cut.set(*code);
             }
             self.progress.touch();
         }
@@ -401,6 +410,20 @@ fn app_headers(head: &RequestHead, target: &Target, replay_of: Option<Uuid>) -> 
         }
     }
     headers
+}
+
+/// The status the sender got when the relay cut its request off mid-body:
+/// 413 for a body past `max_body`; otherwise the sender went away, which
+/// the delivery line shows as 499 (nginx's "client closed request").
+fn cut_off(code: ResetCode) -> u16 {
+    debug!(
+        ?code,
+        "the relay cut the request off before the app answered"
+    );
+    match code {
+        ResetCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE.as_u16(),
+        _ => 499,
+    }
 }
 
 /// Resets the stream for a failed forward; returns the status the sender sees.
