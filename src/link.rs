@@ -235,6 +235,13 @@ impl Link {
                     sink.send(Message::Ping(Bytes::new())).await
                 }
                 () = &mut closing => {
+                    // Frames queued before the close go out first: the last
+                    // answers of a drain must not be cut off by it.
+                    while let Ok(frame) = frames.try_recv() {
+                        if sink.feed(Message::Binary(frame)).await.is_err() {
+                            break;
+                        }
+                    }
                     let code = CloseCode::from(self.close_code.load(Ordering::Relaxed));
                     let frame = CloseFrame { code, reason: "".into() };
                     // The socket is dropped next whether or not this arrives.

@@ -137,7 +137,7 @@ impl Outcome {
                 "reload applied; restart to apply the keys in needs_restart"
             ),
             Outcome::Rejected(errors) => {
-                info!(%trigger, error = %errors, "reload rejected: the running configuration stays");
+                warn!(%trigger, error = %errors, "reload rejected: the running configuration stays");
             }
             Outcome::Unchanged => info!(%trigger, "reload unchanged"),
         }

@@ -394,3 +394,25 @@ async fn metrics_demand_the_cluster_secret_when_one_is_set() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_delivery_finished_during_shutdown_is_in_the_history_when_the_client_exits() {
+    within(STEP, async {
+        let mut app =
+            start_app(|_| Reply::new(200, "slow").after(Duration::from_millis(500))).await;
+        let tunnel = tunnel(&app.url).await;
+        let url = format!("{}/last", tunnel.webhook_url);
+        let sent = tokio::spawn(async move { sender().post(url).body("x").send().await });
+        app.request().await;
+        // The stop comes while the app is still answering.
+        tunnel.client.shutdown().await.unwrap();
+        assert_eq!(sent.await.unwrap().unwrap().status(), 200);
+
+        let history = History::open(tunnel.client_state.path()).unwrap();
+        let entries = history.list(None, 10).unwrap();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].delivery.path, "/last");
+        assert_eq!(entries[0].delivery.status, 200);
+    })
+    .await;
+}

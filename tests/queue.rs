@@ -405,6 +405,14 @@ async fn a_channel_whose_client_asks_for_reject_gets_503_while_offline() {
         let response = sender().post(&url).body("x").send().await.unwrap();
         assert_eq!(response.status(), 503);
         assert!(response.headers().contains_key("retry-after"));
+
+        // The key removed from its configuration, the client's next attach
+        // gives the channel back to the server's default: queue.
+        let mut client = start_client(client_config(&server.url, &app.url, state.path()));
+        assert_eq!(client.attached().await, url);
+        client.shutdown().await.unwrap();
+        let response = sender().post(&url).body("x").send().await.unwrap();
+        assert_eq!(response.status(), 202);
     })
     .await;
 }

@@ -297,10 +297,11 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the writer for `history`, keeping `keep` deliveries. It stops
-    /// once every `Recorder` is dropped and its queue is written.
-    pub fn start(history: History, keep: usize) -> Self {
+    /// once every `Recorder` is dropped and its queue is written: the
+    /// returned handle ends then, so an exiting client can wait for it.
+    pub fn start(history: History, keep: usize) -> (Self, tokio::task::JoinHandle<()>) {
         let (entries, mut queued) = mpsc::unbounded_channel::<Entry>();
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(first) = queued.recv().await {
                 let mut batch = vec![first];
                 tokio::time::sleep(BATCH_WINDOW).await;
@@ -321,7 +322,7 @@ impl Recorder {
                 }
             }
         });
-        Recorder { entries }
+        (Recorder { entries }, writer)
     }
 
     /// Queues an entry for writing.

@@ -47,6 +47,10 @@ pub use self::state::StateDir;
 pub use self::status::{ProfileStatus, StatusBoard, TunnelState};
 pub use self::target::Target;
 
+/// How long an exiting client waits for the history to take its last
+/// deliveries.
+const HISTORY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the client stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -152,11 +156,14 @@ impl Client {
                 "no profile to run: pass --server-url and --target-url, or configure [profiles.NAME]".to_owned(),
             ));
         }
-        let history = match History::open(&initial.state_dir) {
-            Ok(history) => Some(Recorder::start(history, initial.history_max)),
+        let (history, history_writer) = match History::open(&initial.state_dir) {
+            Ok(history) => {
+                let (recorder, writer) = Recorder::start(history, initial.history_max);
+                (Some(recorder), Some(writer))
+            }
             Err(error) => {
                 warn!(error = format!("{error:#}"), "delivery history disabled");
-                None
+                (None, None)
             }
         };
         let shared = Shared {
@@ -208,7 +215,16 @@ impl Client {
         drop(status);
         systemd::stopping();
         stop.cancel();
-        supervisor.finish(failure).await
+        let ended = supervisor.finish(failure).await;
+        // The last deliveries of the drain are in the history before exit.
+        if let Some(writer) = history_writer
+            && tokio::time::timeout(HISTORY_FLUSH_TIMEOUT, writer)
+                .await
+                .is_err()
+        {
+            warn!("the last deliveries could not be written to the history in time");
+        }
+        ended
     }
 }
 
@@ -278,6 +294,8 @@ impl Supervisor {
     }
 
     /// Waits for every tunnel to drain after a stop.
+    /// Waits for every tunnel to end; the shared parts (the history's
+    /// recorder among them) go with the supervisor.
     async fn finish(mut self, failure: Option<ClientError>) -> Result<(), ClientError> {
         let mut first_error = failure;
         while let Some(ended) = self.tunnels.join_next().await {

@@ -602,7 +602,11 @@ fn profile(
         .map(|text| text.0.clone())
         .or_else(|| top.target.clone());
     let mut missing = |key: &str, how: &str| {
-        problems.push(format!("{defined_in}: {prefix}.{key}: missing: {how}"));
+        // Given but refused: that problem is reported already.
+        let named = format!("{prefix}.{key}:");
+        if !problems.iter().any(|problem| problem.contains(&named)) {
+            problems.push(format!("{defined_in}: {prefix}.{key}: missing: {how}"));
+        }
     };
     if server_url.is_none() {
         missing(

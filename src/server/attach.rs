@@ -29,14 +29,20 @@ use crate::telemetry;
 #[derive(Debug, Default, Deserialize)]
 pub struct ChannelOptions {
     /// `queue` or `reject`: what the server does with the channel's
-    /// webhooks while this client is away.
+    /// webhooks while this client is away; `default`: the server's own
+    /// `channels.offline` (a policy the client stated before is dropped).
     pub offline: Option<String>,
 }
 
 impl ChannelOptions {
-    /// The requested policy; a bad value is the sender's error message.
-    fn offline(&self) -> Result<Option<OfflinePolicy>, String> {
-        self.offline.as_deref().map(str::parse).transpose()
+    /// The requested policy: `None` when the client stated none, `Some(None)`
+    /// for the server's default; a bad value is the client's error message.
+    fn offline(&self) -> Result<Option<Option<OfflinePolicy>>, String> {
+        match self.offline.as_deref() {
+            None => Ok(None),
+            Some("default") => Ok(Some(None)),
+            Some(policy) => policy.parse().map(|policy| Some(Some(policy))),
+        }
     }
 }
 
@@ -62,7 +68,7 @@ pub fn new_channel(
         Ok(offline) => offline,
         Err(error) => return error_response(StatusCode::BAD_REQUEST, &error),
     };
-    let id = match relay.registry().create(offline) {
+    let id = match relay.registry().create(offline.flatten()) {
         Ok(id) => id,
         Err(full) => {
             warn!(error = %full, "refused a new channel");

@@ -202,7 +202,7 @@ async fn expire_queue(relay: Arc<Relay>, stop: CancellationToken) {
                 for queued in expired {
                     warn!(
                         channel = %queued.channel,
-                        delivery = ?queued.head.delivery_id,
+                        delivery = %queued.head.delivery_id.unwrap_or_default(),
                         ttl = ?ttl,
                         "queued delivery expired undelivered"
                     );

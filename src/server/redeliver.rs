@@ -68,7 +68,7 @@ pub async fn run(relay: Arc<Relay>, session: Arc<Session>) {
         match deliver(&relay, &session, &queued).await {
             Outcome::Answered(status) => {
                 failures = 0;
-                info!(%channel, delivery = ?queued.head.delivery_id, status, "queued delivery answered");
+                info!(%channel, delivery = %queued.head.delivery_id.unwrap_or_default(), status, "queued delivery answered");
                 if let Err(error) = queue.remove(&queued).await {
                     warn!(%channel, error = format!("{error:#}"), "cannot remove an answered delivery");
                 }
@@ -80,7 +80,7 @@ pub async fn run(relay: Arc<Relay>, session: Arc<Session>) {
                 let delay = RETRY_BASE
                     .saturating_mul(1 << failures.min(8).saturating_sub(1))
                     .min(RETRY_CAP);
-                info!(%channel, delivery = ?queued.head.delivery_id, %reason, retry_in = ?delay, "queued delivery not answered");
+                info!(%channel, delivery = %queued.head.delivery_id.unwrap_or_default(), %reason, retry_in = ?delay, "queued delivery not answered");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = session.ended() => return,
@@ -150,7 +150,7 @@ async fn deliver(relay: &Relay, session: &Session, queued: &Queued) -> Outcome {
         Err(StreamError::ConnectionLost { .. } | StreamError::Closed) => Outcome::SessionGone,
     };
     upload.abort();
-    debug!(delivery = ?queued.head.delivery_id, "redelivery finished");
+    debug!(delivery = %queued.head.delivery_id.unwrap_or_default(), "redelivery finished");
     outcome
 }
 

@@ -180,12 +180,13 @@ impl Registry {
         }
     }
 
-    /// Records the offline policy a channel's client asked for.
-    pub fn set_offline(&self, id: Uuid, offline: OfflinePolicy) {
+    /// Records the offline policy a channel's client asked for (`None`: the
+    /// server's default).
+    pub fn set_offline(&self, id: Uuid, offline: Option<OfflinePolicy>) {
         let changed = self
             .write()
             .get_mut(&id)
-            .is_some_and(|channel| channel.offline.replace(offline) != Some(offline));
+            .is_some_and(|channel| std::mem::replace(&mut channel.offline, offline) != offline);
         if changed {
             self.changed.notify_one();
         }
@@ -455,7 +456,7 @@ mod tests {
             registry.lookup(id),
             Lookup::Offline { offline: None }
         ));
-        registry.set_offline(id, OfflinePolicy::Reject);
+        registry.set_offline(id, Some(OfflinePolicy::Reject));
         assert!(matches!(
             registry.lookup(id),
             Lookup::Offline {

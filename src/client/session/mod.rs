@@ -352,11 +352,13 @@ impl Tunnel {
         }
     }
 
-    /// The query string stating this profile's preferences to the server.
+    /// The query string stating this profile's preferences to the server,
+    /// always, so that a policy removed from the configuration is dropped
+    /// there too.
     fn options(&self) -> String {
         match self.profile.offline {
             Some(offline) => format!("?offline={offline}"),
-            None => String::new(),
+            None => "?offline=default".to_owned(),
         }
     }
 
