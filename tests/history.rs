@@ -15,20 +15,9 @@ fn sender() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-/// Waits until the history in `state` holds `count` deliveries.
-async fn history_with(state: &std::path::Path, count: usize) -> Vec<wow::client::history::Entry> {
-    within(STEP, async {
-        loop {
-            if let Ok(history) = History::open(state) {
-                let entries = history.list(None, 10_000).unwrap();
-                if entries.len() >= count {
-                    return entries;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
+/// Every delivery the history in `state` holds, oldest first.
+fn history_of(state: &std::path::Path) -> Vec<wow::client::history::Entry> {
+    History::open(state).unwrap().list(None, 10_000).unwrap()
 }
 
 fn cli(state: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -68,7 +57,22 @@ async fn deliveries_are_kept_shown_and_replayed_byte_exact() {
         assert_eq!(response.status(), 201);
         app.request().await;
 
-        let entries = history_with(tunnel.client_state.path(), 1).await;
+        // Bodies and heads are private, in the database and in the side
+        // files the running client keeps open.
+        for name in [
+            "history.sqlite3",
+            "history.sqlite3-wal",
+            "history.sqlite3-shm",
+        ] {
+            let path = tunnel.client_state.path().join(name);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+
+        // A client that stops has written every delivery it made.
+        tunnel.client.shutdown().await.unwrap();
+        let entries = history_of(tunnel.client_state.path());
+        assert_eq!(entries.len(), 1);
         let entry = &entries[0];
         assert_eq!(entry.delivery.method, "POST");
         assert_eq!(entry.delivery.path, "/app/hook");
@@ -83,17 +87,6 @@ async fn deliveries_are_kept_shown_and_replayed_byte_exact() {
             format!("got {digest}").as_bytes()
         );
         let id = entry.delivery.id.unwrap().to_string();
-
-        // Bodies and heads are private, in the database and its side files.
-        for name in [
-            "history.sqlite3",
-            "history.sqlite3-wal",
-            "history.sqlite3-shm",
-        ] {
-            let path = tunnel.client_state.path().join(name);
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600, "{name}");
-        }
 
         // The list: the delivery line plus the id.
         let listed = cli(tunnel.client_state.path(), &["history"]);
@@ -155,7 +148,8 @@ async fn deliveries_are_kept_shown_and_replayed_byte_exact() {
             again.header("x-wow-delivery-id").as_deref(),
             Some(id.as_str())
         );
-        assert_eq!(history_with(tunnel.client_state.path(), 2).await.len(), 2);
+        // The replay is in the history the moment the command ends.
+        assert_eq!(history_of(tunnel.client_state.path()).len(), 2);
     })
     .await;
 }
@@ -185,22 +179,8 @@ async fn the_history_keeps_its_limit_and_marks_cut_bodies() {
                 .unwrap();
             client.delivery().await;
         }
-        let entries = within(STEP, async {
-            loop {
-                let entries = History::open(state.path())
-                    .unwrap()
-                    .list(None, 100)
-                    .unwrap();
-                if entries
-                    .last()
-                    .is_some_and(|entry| entry.request.query.as_deref() == Some("n=7"))
-                {
-                    return entries;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        client.shutdown().await.unwrap();
+        let entries = history_of(state.path());
         assert_eq!(entries.len(), 5);
         assert_eq!(entries[0].request.query.as_deref(), Some("n=3"));
         let cut = &entries[4];

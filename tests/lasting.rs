@@ -66,12 +66,10 @@ async fn a_killed_server_comes_back_with_every_url_and_the_client_finds_it() {
         app.request().await;
 
         // Let the registry reach the disk (it is written within a second of a change).
-        within(STEP, async {
-            while !server_state.path().join("channels.json").exists() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
+        let mut state_changes = DirWatch::new(server_state.path());
+        while !server_state.path().join("channels.json").exists() {
+            state_changes.changed().await;
+        }
         signal(server.pid(), "KILL");
         exit_code(&mut server).await;
         let killed = Instant::now();
@@ -324,14 +322,13 @@ async fn channels_never_attached_expire_and_the_registry_has_a_limit() {
             "the server cannot take more channels"
         );
 
-        // Never attached: gone after the cleanup interval (the sweep runs every interval).
+        // Never attached: gone after the cleanup interval (the sweep runs
+        // every interval, and the registry is saved after it).
+        let mut state_changes = DirWatch::new(server.state.path());
         assert_eq!(post(&url).await, 503);
-        within(STEP, async {
-            while post(&url).await != 404 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
+        while post(&url).await != 404 {
+            state_changes.changed().await;
+        }
         assert_eq!(
             new().await.status(),
             200,

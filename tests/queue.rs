@@ -94,12 +94,7 @@ async fn fifty_webhooks_for_an_absent_client_arrive_once_in_order_and_signed() {
             assert!(line.to_string().ends_with(" redelivered"));
         }
         eprintln!("drained 50 in {:?}", started.elapsed());
-        within(STEP, async {
-            while server.relay.queue().totals().0 > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        within(STEP, server.relay.queue().drained()).await;
         assert!(
             app.requests.try_recv().is_err(),
             "each delivery arrives once"
@@ -141,12 +136,7 @@ async fn webhooks_arriving_during_a_drain_land_after_the_queued_ones() {
             assert_eq!(app.request().await.target, format!("/?n={n}"));
         }
         // Once it is empty, webhooks go straight through again.
-        within(STEP, async {
-            while server.relay.queue().totals().0 > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        within(STEP, server.relay.queue().drained()).await;
         assert_eq!(
             sender()
                 .post(format!("{url}?n=8"))
@@ -369,12 +359,7 @@ async fn deliveries_older_than_the_ttl_are_dropped() {
                 .status(),
             202
         );
-        within(STEP, async {
-            while server.relay.queue().totals().0 > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
+        within(STEP, server.relay.queue().drained()).await;
         let mut client = start_client(client_config(&server.url, &app.url, state.path()));
         client.attached().await;
         assert_eq!(

@@ -128,6 +128,8 @@ struct QueueInner {
     spool: PathBuf,
     channels: Mutex<HashMap<Uuid, ChannelQueue>>,
     next_seq: AtomicU64,
+    /// Wakes [`Queue::drained`] waiters when a delivery leaves the queue.
+    removed: Notify,
 }
 
 impl Queue {
@@ -160,6 +162,7 @@ impl Queue {
             spool,
             channels: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(1),
+            removed: Notify::new(),
         };
         inner.load().with_context(damaged)?;
         Ok(Queue {
@@ -355,8 +358,24 @@ impl Queue {
             let queue = channels.entry(queued.channel).or_default();
             queue.count = queue.count.saturating_sub(1);
             queue.bytes = queue.bytes.saturating_sub(size);
+            drop(channels);
+            self.inner.removed.notify_waiters();
         }
         Ok(())
+    }
+
+    /// Resolves once no delivery is stored for any channel.
+    pub async fn drained(&self) {
+        loop {
+            // Registered before the check, so a removal in between still wakes us.
+            let removed = self.inner.removed.notified();
+            tokio::pin!(removed);
+            removed.as_mut().enable();
+            if self.totals().0 == 0 {
+                return;
+            }
+            removed.await;
+        }
     }
 
     /// Removes every delivery received more than `ttl` before `now`, and

@@ -735,3 +735,42 @@ pub fn signal(pid: u32, signal: &str) {
 pub async fn exit_code(process: &mut Process) -> Option<i32> {
     within(STEP, process.child.wait()).await.unwrap().code()
 }
+
+// ---------------------------------------------------------------- files
+
+/// Changes in a folder, as inotify reports them: a readiness signal for
+/// what a daemon writes to its state dir.
+pub struct DirWatch {
+    changes: mpsc::UnboundedReceiver<()>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl DirWatch {
+    /// Starts watching `dir` (not its subfolders). Check the condition
+    /// after this, then wait with [`DirWatch::changed`] between checks.
+    pub fn new(dir: &Path) -> Self {
+        use notify::Watcher as _;
+        let (tx, changes) = mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = tx.send(());
+                }
+            })
+            .unwrap();
+        watcher
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .unwrap();
+        DirWatch {
+            changes,
+            _watcher: watcher,
+        }
+    }
+
+    /// Waits for the next change in the folder.
+    pub async fn changed(&mut self) {
+        within(STEP, self.changes.recv())
+            .await
+            .expect("watcher stopped");
+    }
+}
