@@ -45,7 +45,7 @@ if ! grep -q listening "$work/echo.log"; then
 fi
 
 # The client prints "default  <webhook URL> -> <target>" once attached.
-coproc CLIENT { "$bin/wow-client" --server-url "http://127.0.0.1:$server_port" \
+coproc CLIENT { exec "$bin/wow-client" --server-url "http://127.0.0.1:$server_port" \
     --target-url "http://127.0.0.1:$app_port/app" --state-dir "$work/client" \
     --config-dir "$work/no-system-config" 2>"$work/client.log"; }
 pids+=($CLIENT_PID)
@@ -67,5 +67,10 @@ MSG
 curl -sS -X POST "$url/github?ref=main" -H 'Content-Type: application/json' \
     -d '{"zen":"Keep it logically awesome."}'
 echo
-# Delivery lines from the client, as they happen.
-cat <&"${CLIENT[0]}"
+# Delivery lines from the client, as they happen. In the background, so that
+# `wait` (unlike a foreground command) lets SIGTERM reach the cleanup trap.
+# (A coproc's own descriptors are closed in subshells: hand cat a copy.)
+exec {lines}<&"${CLIENT[0]}"
+cat <&"$lines" &
+pids+=($!)
+wait $!
